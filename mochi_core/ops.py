@@ -1,0 +1,244 @@
+"""Layers whose weights are stored in one dtype and cast on use to the compute dtype.
+
+This is the single cast-on-use mechanism shared by the DiT, the VAE and T5 (mochi-spec.md §7.2, §8;
+style.md "inject operations"). A weight can be held as:
+
+- ``plain``: any floating dtype (fp32, bf16, fp16, fp8_e4m3fn, fp8_e5m2); cast to the input's dtype;
+- ``scaled_fp8``: Comfy's scaled fp8 — an fp8 weight and an fp32 scalar ``scale_weight``; W = W_fp8 * scale;
+- ``q8_0`` / ``q4_0``: GGUF-style blocks of 32 values in a uint8 tensor of shape (out, in/32*34) or
+  (out, in/32*18) with an fp16 scale per block (kijai's GGUF-in-safetensors layout).
+
+The cast happens in :meth:`CastWeights.compute_weight`, once per forward, on the device of the input,
+so weights may live on another device (the offload device) and travel layer by layer.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InvalidInputError
+
+__all__ = [
+    "WEIGHT_FORMATS",
+    "CastWeights",
+    "Linear",
+    "Conv2d",
+    "Conv3d",
+    "cast_to",
+    "quantize_q8_0",
+    "quantize_q4_0",
+    "dequantize_q8_0",
+    "dequantize_q4_0",
+    "quantize_scaled_fp8",
+    "set_weight",
+    "cast_modules",
+    "replace_linears",
+    "weight_nbytes",
+]
+
+WEIGHT_FORMATS = ("plain", "scaled_fp8", "q8_0", "q4_0")
+QK = 32  # values per GGUF block
+_Q8_0_BYTES = 34  # fp16 scale + 32 int8
+_Q4_0_BYTES = 18  # fp16 scale + 16 bytes of nibbles
+
+
+def cast_to(t: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """``t.to(device, dtype)`` without a copy when nothing changes; fp8 goes through the device first."""
+    if t is None:
+        return None
+    if t.device != device:
+        t = t.to(device, non_blocking=True)
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# GGUF Q8_0 / Q4_0 blocks (rows cut into blocks of 32 values)
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_blocks(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) != 2 or shape[1] % QK:
+        raise InvalidInputError(f"GGUF blocks need a 2-D weight whose input width is a multiple of {QK}; got {tuple(shape)}")
+    return int(shape[0]), int(shape[1])
+
+
+def quantize_q8_0(w: torch.Tensor) -> torch.Tensor:
+    """(out, in) float -> (out, in/32*34) uint8: per block an fp16 scale d = max|w|/127, then 32 int8 round(w/d)."""
+    out_f, in_f = _check_blocks(tuple(w.shape))
+    blocks = w.detach().to(torch.float32).reshape(out_f, in_f // QK, QK)
+    d = blocks.abs().amax(dim=-1, keepdim=True) / 127.0
+    inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.round(blocks * inv).clamp(-127, 127).to(torch.int8)
+    d16 = d.to(torch.float16)
+    raw = torch.cat([d16.view(torch.uint8), q.view(torch.uint8)], dim=-1)  # (out, nb, 2 + 32)
+    return raw.reshape(out_f, in_f // QK * _Q8_0_BYTES).contiguous()
+
+
+def dequantize_q8_0(raw: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverse of :func:`quantize_q8_0`: (out, in/32*34) uint8 -> (out, in) ``dtype``."""
+    out_f, in_f = shape
+    blocks = raw.reshape(out_f, in_f // QK, _Q8_0_BYTES)
+    d = blocks[..., :2].contiguous().view(torch.float16).to(dtype)
+    q = blocks[..., 2:].contiguous().view(torch.int8).to(dtype)
+    return (q * d).reshape(out_f, in_f)
+
+
+def quantize_q4_0(w: torch.Tensor) -> torch.Tensor:
+    """(out, in) float -> (out, in/32*18) uint8 (GGUF Q4_0: d = max-by-magnitude / -8, nibbles q + 8).
+
+    Element j < 16 of a block sits in the low nibble of byte j, element j + 16 in its high nibble.
+    """
+    out_f, in_f = _check_blocks(tuple(w.shape))
+    blocks = w.detach().to(torch.float32).reshape(out_f, in_f // QK, QK)
+    idx = blocks.abs().argmax(dim=-1, keepdim=True)
+    mx = torch.gather(blocks, -1, idx)
+    d = mx / -8.0
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.clamp(torch.floor(blocks * inv + 8.5), 0, 15).to(torch.uint8)
+    packed = q[..., :16] | (q[..., 16:] << 4)
+    d16 = d.to(torch.float16)
+    raw = torch.cat([d16.view(torch.uint8), packed], dim=-1)
+    return raw.reshape(out_f, in_f // QK * _Q4_0_BYTES).contiguous()
+
+
+def dequantize_q4_0(raw: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverse of :func:`quantize_q4_0`: (out, in/32*18) uint8 -> (out, in) ``dtype``; w = d * (nibble - 8)."""
+    out_f, in_f = shape
+    blocks = raw.reshape(out_f, in_f // QK, _Q4_0_BYTES)
+    d = blocks[..., :2].contiguous().view(torch.float16).to(dtype)
+    packed = blocks[..., 2:]
+    q = torch.cat([packed & 0x0F, packed >> 4], dim=-1).to(dtype) - 8.0
+    return (q * d).reshape(out_f, in_f)
+
+
+def quantize_scaled_fp8(w: torch.Tensor, fp8: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """float weight -> (fp8 weight, fp32 scalar scale) with W ≈ W_fp8 * scale (Comfy's scaled fp8)."""
+    w32 = w.detach().to(torch.float32)
+    scale = (w32.abs().max() / torch.finfo(fp8).max).clamp(min=1e-12)
+    return (w32 / scale).to(fp8), scale.reshape(()).to(torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------
+
+
+class CastWeights:
+    """Mixin: holds ``weight`` in a storage format and casts it on use (see module docstring).
+
+    Attributes set by :func:`set_weight`: ``weight_format`` (one of :data:`WEIGHT_FORMATS`),
+    ``weight_shape`` (logical shape), and for ``scaled_fp8`` a ``scale_weight`` buffer.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    weight_format: str = "plain"
+    weight_shape: tuple[int, ...] | None = None
+
+    def compute_weight(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The weight as a ``dtype`` tensor on ``device``, whatever its storage format."""
+        fmt = self.weight_format
+        if fmt == "plain":
+            return cast_to(self.weight, dtype, device)
+        raw = self.weight.to(device, non_blocking=True) if self.weight.device != device else self.weight
+        if fmt == "scaled_fp8":
+            scale = cast_to(self._buffers["scale_weight"], dtype, device)  # type: ignore[attr-defined]
+            return raw.to(dtype) * scale
+        shape = self.weight_shape
+        assert shape is not None
+        if fmt == "q8_0":
+            return dequantize_q8_0(raw, (shape[0], shape[1]), dtype)
+        if fmt == "q4_0":
+            return dequantize_q4_0(raw, (shape[0], shape[1]), dtype)
+        raise InvalidInputError(f"unknown weight format {fmt!r}; allowed: {', '.join(WEIGHT_FORMATS)}")
+
+    def compute_bias(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        return cast_to(self.bias, dtype, device)
+
+
+class Linear(CastWeights, nn.Linear):
+    """``nn.Linear`` with cast-on-use weights. x: (..., in) -> (..., out) in x's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.compute_weight(x.dtype, x.device), self.compute_bias(x.dtype, x.device))
+
+
+class Conv2d(CastWeights, nn.Conv2d):
+    """``nn.Conv2d`` with cast-on-use weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.compute_weight(x.dtype, x.device), self.compute_bias(x.dtype, x.device))
+
+
+class Conv3d(CastWeights, nn.Conv3d):
+    """``nn.Conv3d`` with cast-on-use weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.compute_weight(x.dtype, x.device), self.compute_bias(x.dtype, x.device))
+
+
+def set_weight(
+    module: nn.Module,
+    tensor: torch.Tensor,
+    *,
+    fmt: str = "plain",
+    scale: torch.Tensor | None = None,
+    shape: tuple[int, ...] | None = None,
+) -> None:
+    """Install ``tensor`` as ``module.weight`` in storage format ``fmt`` (no copy, no grad).
+
+    ``shape`` is the logical weight shape (required for q8_0 / q4_0); ``scale`` the scaled-fp8 scalar.
+    """
+    if fmt not in WEIGHT_FORMATS:
+        raise InvalidInputError(f"weight format {fmt!r} not in {WEIGHT_FORMATS}")
+    if not isinstance(module, CastWeights):
+        raise TypeError(f"{type(module).__name__} does not cast weights on use")
+    module.weight = nn.Parameter(tensor, requires_grad=False)
+    module.weight_format = fmt
+    module.weight_shape = tuple(shape) if shape is not None else tuple(tensor.shape)
+    if fmt == "scaled_fp8":
+        if scale is None:
+            raise InvalidInputError("scaled_fp8 weights need a scale_weight")
+        module.register_buffer("scale_weight", scale.reshape(()).to(torch.float32), persistent=True)
+    elif "scale_weight" in module._buffers:
+        del module._buffers["scale_weight"]
+
+
+def cast_modules(model: nn.Module) -> Iterator[tuple[str, CastWeights]]:
+    """Every cast-on-use layer of ``model`` with its qualified name."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, CastWeights):
+            yield name, mod
+
+
+def replace_linears(model: nn.Module) -> nn.Module:
+    """Swap every plain ``nn.Linear`` in ``model`` for :class:`Linear` (same parameters, no copy).
+
+    Used for third-party modules (transformers' T5) so they share the cast-on-use mechanism.
+    """
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Linear) and not isinstance(child, CastWeights):
+            new = Linear.__new__(Linear)
+            new.__dict__.update(child.__dict__)
+            new.weight_format = "plain"
+            new.weight_shape = tuple(child.weight.shape)
+            setattr(model, name, new)
+        else:
+            replace_linears(child)
+    return model
+
+
+def weight_nbytes(model: nn.Module) -> int:
+    """Bytes held by the parameters and buffers of ``model`` as stored."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total

@@ -1,0 +1,53 @@
+"""Latent nodes: an empty Mochi latent with frame and size validation.
+
+The LATENT is ComfyUI's own ``{"samples": (B, 12, (frames-1)//6+1, H/8, W/8)}`` in VAE space, exactly like core
+``EmptyMochiLatentVideo``, so it mixes with core nodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .registry import register
+from .validation import check_frames, check_size
+
+
+@register("MochiEmptyLatent", "Mochi Empty Latent Video")
+class MochiEmptyLatent:
+    CATEGORY = "Mochi/latent"
+    DESCRIPTION = (
+        "An all-zero Mochi latent for a video of the given size and length (frames = 6k+1, sizes multiples of 16). "
+        "Same layout as core EmptyMochiLatentVideo: [batch, 12, (frames-1)/6+1, height/8, width/8]."
+    )
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Zero latent in VAE space, shape [batch, 12, (frames-1)/6+1, height/8, width/8].",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "width": ("INT", {"default": 848, "min": 16, "max": 4096, "step": 16, "tooltip": "Video width in pixels, a multiple of 16 (Mochi was trained at 848)."}),
+                "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16, "tooltip": "Video height in pixels, a multiple of 16 (Mochi was trained at 480)."}),
+                "frames": ("INT", {"default": 31, "min": 1, "max": 1021, "step": 6, "tooltip": "Number of frames, 6k+1 (1, 7, 13, ... 163). 163 frames = 5.4 s at 30 fps."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Number of videos in the batch."}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width: int, height: int, frames: int, batch_size: int) -> bool | str:
+        try:
+            check_size(width, height)
+            check_frames(frames)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    def make(self, width: int, height: int, frames: int, batch_size: int) -> tuple[dict[str, torch.Tensor]]:
+        check_size(width, height)
+        check_frames(frames)
+        t = (frames - 1) // 6 + 1
+        return ({"samples": torch.zeros(batch_size, 12, t, height // 8, width // 8)},)
