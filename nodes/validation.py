@@ -13,14 +13,18 @@ def check_frames(frames: int) -> None:
     if frames < 1 or (frames - 1) % 6:
         lo, hi = nearest_valid_frames(max(frames, 1))
         options = f"{lo} or {hi}" if lo != frames else f"{hi}"
-        raise ValueError(f"frames={frames} is not allowed: Mochi needs 6k+1 frames (1, 7, 13, ..., 163); nearest: {options}")
+        raise ValueError(
+            f"frames={frames} is not allowed: Mochi needs 6k+1 frames (1, 7, 13, ..., 163); nearest: {options}"
+        )
 
 
 def check_size(width: int, height: int) -> None:
     for name, value in (("width", width), ("height", height)):
         if value < 16 or value % 16:
             lo = max(16, value // 16 * 16)
-            raise ValueError(f"{name}={value} is not allowed: it must be a positive multiple of 16 (nearest: {lo} or {lo + 16})")
+            raise ValueError(
+                f"{name}={value} is not allowed: it must be a positive multiple of 16 (nearest: {lo} or {lo + 16})"
+            )
 
 
 def check_model_file(folder: str, name: str, wanted: str, *, alternatives: tuple[str, ...] = ()) -> str:

@@ -1,0 +1,225 @@
+"""Headless command line: ``python -m mochi_core generate ...`` (and ``plan`` when the memory package adds it).
+
+Reproduces the settings of genmoai/mochi ``demos/cli.py`` (848x480, 64 steps, cfg 6.0, 30 fps MP4; mochi-spec.md
+§3.4) without a graph; see README "CLI". Errors the user can cause are printed as one line (no stack trace) with
+exit status 2 (bad input or checkpoint), 3 (does not fit), 130 (interrupted) or 1 (other pack errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import DoesNotFitError, InvalidInputError, MochiError, MochiInterrupted, UnsupportedCheckpointError
+
+__all__ = ["main", "build_parser", "parse_bytes"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_bytes(text: str) -> int:
+    """'20GB' -> 20e9, '18GiB' -> 18 * 2**30, '123456' -> bytes: the planner's parser (one rule for every command)."""
+    from .memory.planner import parse_bytes as _parse
+
+    return _parse(text)
+
+
+def _add_generate_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="render a video from a prompt (T5 -> DiT sampling -> VAE decode)",
+        description="Render one Mochi 1 video from a text prompt and write it as MP4 (30 fps) and/or PNG frames.",
+    )
+    p.add_argument("--prompt", required=True, help="text prompt")
+    p.add_argument("--negative", default="", help="negative prompt (default: empty, the official unconditional)")
+    p.add_argument("--dit", required=True, help="DiT checkpoint (any supported layout)")
+    p.add_argument("--vae", required=True, help="VAE checkpoint holding the decoder")
+    p.add_argument("--t5", required=True, help="T5 v1.1 XXL encoder: file (fp16, fp8, fp8_scaled) or HF folder")
+    p.add_argument("--tokenizer", default=None, help="T5 tokenizer: tokenizer.json, spiece.model or their folder")
+    p.add_argument("--width", type=int, default=848, help="multiple of 16 (default 848)")
+    p.add_argument("--height", type=int, default=480, help="multiple of 16 (default 480)")
+    p.add_argument("--frames", type=int, default=31, help="6k+1 frames (default 31)")
+    p.add_argument("--steps", type=int, default=64, help="sampling steps (default 64)")
+    p.add_argument("--cfg", type=float, default=6.0, help="classifier-free guidance scale (default 6.0; 1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="noise seed (default: random, reported in the summary)")
+    p.add_argument("--threshold-noise", type=float, default=0.025, help="linear-quadratic schedule threshold")
+    p.add_argument("--linear-steps", type=int, default=None, help="linear part of the schedule (default steps//2)")
+    p.add_argument("--no-batch-cfg", action="store_true", help="run cond and uncond as two DiT calls per step")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="DiT compute dtype: fp32 or bf16 (default fp32 on CPU, bf16 on CUDA)")
+    p.add_argument("--dit-storage-dtype", default=None, help="convert DiT weights: bf16, fp16, fp8_e4m3fn, q8_0 ...")
+    p.add_argument("--t5-storage-dtype", default=None, help="convert T5 weights: bf16, fp16, fp8_e4m3fn ...")
+    p.add_argument("--vae-dtype", default=None, help="VAE compute dtype (default fp32 on CPU, bf16 on CUDA)")
+    p.add_argument("--vae-storage-dtype", default=None, help="convert VAE weights: bf16, fp16 ...")
+    p.add_argument("--attention", default="sdpa", help="DiT attention backend: sdpa, flash, sage")
+    p.add_argument("--memory-budget", default=None, help="decode memory budget, e.g. 8GB (tiles to fit)")
+    p.add_argument("--out", default=None, help="output MP4 path")
+    p.add_argument("--frames-dir", default=None, help="also write PNG frames into this folder")
+    p.add_argument("--fps", type=int, default=30, help="MP4 frame rate (default 30, Mochi's rate)")
+    p.add_argument("--crf", type=int, default=18, help="H.264 quality (lower is better; default 18)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log loading details")
+    p.set_defaults(func=_run_generate)
+
+
+def _add_plugin_parsers(subparsers: Any) -> None:
+    """HOOK for the memory package: ``mochi_core/memory/cli.py`` may define ``add_plan_parser(subparsers)``,
+    which adds the ``plan`` subcommand and sets ``func=callable(args) -> int`` on it with ``set_defaults``."""
+    try:
+        spec = importlib.util.find_spec("mochi_core.memory.cli")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return
+    from .memory import cli as memory_cli
+
+    add = getattr(memory_cli, "add_plan_parser", None)
+    if callable(add):
+        add(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mochi_core", description="Genmo Mochi 1 text-to-video without a graph."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_generate_parser(sub)
+    _add_plugin_parsers(sub)
+    return parser
+
+
+class _Bars:
+    """tqdm bars on stderr: one for the sampling steps, one for the decode tiles (created on first use)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: dict[str, Any] = {}
+
+    def _update(self, name: str, unit: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        bar = self.bars.get(name)
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = self.bars[name] = tqdm(total=total, desc=name, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def sampling(self, step: int, total: int, _x0: Any) -> None:
+        self._update("sampling", "step", step + 1, total)
+
+    def decode(self, done: int, total: int) -> None:
+        self._update("decoding", "tile", done, total)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .pipeline import generate
+    from .video import write_mp4, write_png_frames
+
+    if args.out is None and args.frames_dir is None:
+        raise InvalidInputError("give --out video.mp4 and/or --frames-dir DIR")
+    if args.out is not None and Path(args.out).suffix.lower() != ".mp4":
+        raise InvalidInputError(f"--out {args.out!r}: the output must be an .mp4 file")
+    if args.fps < 1:
+        raise InvalidInputError(f"--fps {args.fps}: must be >= 1")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    budget = parse_bytes(args.memory_budget) if args.memory_budget else None
+    bars = _Bars(not args.no_progress)
+    try:
+        result = generate(
+            args.prompt,
+            negative_prompt=args.negative,
+            dit=args.dit,
+            vae=args.vae,
+            text_encoder=args.t5,
+            tokenizer=args.tokenizer,
+            width=args.width,
+            height=args.height,
+            frames=args.frames,
+            steps=args.steps,
+            cfg=args.cfg,
+            seed=seed,
+            threshold_noise=args.threshold_noise,
+            linear_steps=args.linear_steps,
+            batch_cfg=not args.no_batch_cfg,
+            device=device,
+            dtype=args.dtype,
+            dit_storage_dtype=args.dit_storage_dtype,
+            t5_storage_dtype=args.t5_storage_dtype,
+            vae_dtype=args.vae_dtype,
+            vae_storage_dtype=args.vae_storage_dtype,
+            attention=args.attention,
+            memory_budget=budget,
+            callback=bars.sampling,
+            decode_progress=bars.decode,
+        )
+    finally:
+        bars.close()
+    summary = dict(result.summary)
+    summary.pop("sigmas", None)
+    outputs: dict[str, Any] = {}
+    if args.out is not None:
+        outputs["mp4"] = str(write_mp4(args.out, result.frames, fps=args.fps, crf=args.crf))
+    if args.frames_dir is not None:
+        pngs = write_png_frames(args.frames_dir, result.frames)
+        outputs["png_dir"] = str(Path(args.frames_dir))
+        outputs["png_count"] = len(pngs)
+    summary["fps"] = args.fps
+    summary["outputs"] = outputs
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        where = outputs.get("mp4") or outputs.get("png_dir")
+        sys.stderr.write(
+            f"wrote {where}: {summary['frames']} frames {args.width}x{args.height}, seed {seed}, "
+            f"{summary['timings']['total_s']:.1f} s\n"
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except MochiInterrupted as exc:
+        sys.stderr.write(f"interrupted: {exc}\n")
+        return 130
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except (InvalidInputError, UnsupportedCheckpointError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except DoesNotFitError as exc:
+        sys.stderr.write(f"does not fit: {exc}\n")
+        return 3
+    except MochiError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1

@@ -1,0 +1,192 @@
+"""The AsymmDiT (Mochi 1 DiT): patch embedding, conditioning, 48 joint blocks, final layer, unpatchify.
+
+Semantics of genmoai/mochi ``src/genmo/mochi_preview/dit/joint_model/asymm_models_joint.py`` (AsymmDiTJoint,
+FinalLayer, PatchEmbed), mochi-spec.md §2.3. Call: ``model(x, sigma, t5_feat, t5_mask)`` returns the official
+prediction x0 − ε in float32.
+
+Speed notes: the valid text tokens are gathered once per forward (the text stream runs only on them; padded
+tokens never reach any visual output in the official model either), RoPE rotations are computed once per
+forward, and samples with equal valid-token counts share one attention call.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..errors import InvalidInputError
+from .attention import check_backend
+from .block import AsymmetricJointBlock
+from .config import DiTConfig
+from .embeddings import AttentionPool, TimestepEmbedder
+from .rope import rope_frequencies
+
+__all__ = ["AsymmDiT", "PatchEmbed", "FinalLayer"]
+
+FINAL_NORM_EPS = 1e-6
+
+
+class PatchEmbed(nn.Module):
+    """Per-frame Conv2d (kernel = stride = patch). (B, C, T, H, W) -> (B, T·H/p·W/p, D), T slowest."""
+
+    def __init__(self, in_channels: int, dim: int, patch: int, *, device: torch.device | str | None = None):
+        super().__init__()
+        self.proj = ops.Conv2d(in_channels, dim, kernel_size=patch, stride=patch, bias=True, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+        out = self.proj(frames)  # (B·T, D, h/p, w/p)
+        return out.flatten(2).transpose(1, 2).reshape(b, -1, out.shape[1])
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm (no affine, eps 1e-6) · (1 + scale) + shift, then Linear to patch²·C. mod -> [shift | scale]."""
+
+    def __init__(self, dim: int, out: int, *, device: torch.device | str | None = None):
+        super().__init__()
+        self.mod = ops.Linear(dim, 2 * dim, device=device)
+        self.linear = ops.Linear(dim, out, device=device)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, D), c: (B, D) = SiLU(conditioning) -> (B, N, out)."""
+        shift, scale = self.mod(c.to(x.dtype)).to(torch.float32).unsqueeze(1).chunk(2, dim=-1)
+        h = F.layer_norm(x.to(torch.float32), (x.shape[-1],), eps=FINAL_NORM_EPS)
+        return self.linear((h * (1.0 + scale) + shift).to(x.dtype))
+
+
+class AsymmDiT(nn.Module):
+    """Mochi's asymmetric joint DiT. Build with :func:`mochi_core.load_dit`; parameters use the official names.
+
+    Attributes: ``config`` (:class:`DiTConfig`), ``compute_dtype``, ``attention`` (backend name),
+    ``blocks`` (nn.ModuleList, one entry per block, looped over in forward).
+    """
+
+    def __init__(
+        self,
+        config: DiTConfig,
+        *,
+        device: torch.device | str | None = None,
+        compute_dtype: torch.dtype = torch.float32,
+        attention: str = "sdpa",
+    ):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.compute_dtype = compute_dtype
+        self.attention = check_backend(attention)
+        dx, dy = config.hidden_size_x, config.hidden_size_y
+        self.pos_frequencies = nn.Parameter(
+            torch.empty(3, config.num_heads, config.head_dim // 2, device=device), requires_grad=False
+        )
+        self.x_embedder = PatchEmbed(config.in_channels, dx, config.patch_size, device=device)
+        self.t_embedder = TimestepEmbedder(dx, config.frequency_embedding_size, config.timestep_scale, device=device)
+        self.t5_y_embedder = AttentionPool(config.t5_feat_dim, config.pooler_heads, dx, device=device)
+        self.t5_yproj = ops.Linear(config.t5_feat_dim, dy, device=device)
+        self.blocks = nn.ModuleList(
+            AsymmetricJointBlock(
+                dx,
+                dy,
+                config.num_heads,
+                config.mlp_hidden_x,
+                config.mlp_hidden_y,
+                update_y=i < config.depth - 1,
+                device=device,
+            )
+            for i in range(config.depth)
+        )
+        self.final_layer = FinalLayer(dx, config.patch_out, device=device)
+
+    # ------------------------------------------------------------------ input checks
+    def _check_inputs(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, t5_feat: torch.Tensor, t5_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        if not isinstance(x, torch.Tensor) or x.dim() != 5:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InvalidInputError(f"x must be a (B, {cfg.in_channels}, T, H, W) latent tensor; got shape {shape}")
+        b, c, _, h, w = x.shape
+        if self.attention != "sdpa" and (
+            x.device.type != "cuda" or self.compute_dtype not in (torch.bfloat16, torch.float16)
+        ):
+            raise InvalidInputError(
+                f"attention={self.attention!r} runs only on CUDA with a bf16/fp16 compute dtype; got x on "
+                f"{x.device.type} with compute dtype {self.compute_dtype}; use attention='sdpa'"
+            )
+        if c != cfg.in_channels:
+            raise InvalidInputError(f"x has {c} channels; the DiT expects {cfg.in_channels} (shape (B, C, T, H, W))")
+        p = cfg.patch_size
+        if h % p or w % p or h == 0 or w == 0:
+            raise InvalidInputError(
+                f"latent height and width must be non-zero multiples of {p} (pixel sizes multiple of {8 * p}); "
+                f"got H={h}, W={w}"
+            )
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        if sigma.dim() == 0 or sigma.numel() == 1:
+            sigma = sigma.reshape(1).expand(b)
+        if sigma.shape != (b,):
+            raise InvalidInputError(f"sigma must have shape (B,) = ({b},); got {tuple(sigma.shape)}")
+        if not torch.isfinite(sigma).all() or (sigma < 0).any() or (sigma > 1).any():
+            raise InvalidInputError(f"sigma must lie in [0, 1] (1 = pure noise); got {sigma.tolist()}")
+        if not isinstance(t5_feat, torch.Tensor) or t5_feat.dim() != 3 or t5_feat.shape[-1] != cfg.t5_feat_dim:
+            shape = tuple(t5_feat.shape) if isinstance(t5_feat, torch.Tensor) else type(t5_feat).__name__
+            raise InvalidInputError(f"t5_feat must have shape (B, L, {cfg.t5_feat_dim}); got {shape}")
+        if not isinstance(t5_mask, torch.Tensor) or t5_mask.dim() != 2:
+            shape = tuple(t5_mask.shape) if isinstance(t5_mask, torch.Tensor) else type(t5_mask).__name__
+            raise InvalidInputError(f"t5_mask must have shape (B, L) (bool); got {shape}")
+        if t5_mask.shape[1] != t5_feat.shape[1]:
+            raise InvalidInputError(
+                f"t5_mask length {t5_mask.shape[1]} does not match t5_feat length {t5_feat.shape[1]} (both must be L)"
+            )
+        if t5_feat.shape[0] != b or t5_mask.shape[0] != b:
+            raise InvalidInputError(
+                f"batch sizes differ: x has B={b}, t5_feat {t5_feat.shape[0]}, t5_mask {t5_mask.shape[0]}"
+            )
+        if t5_mask.dtype != torch.bool:
+            if t5_mask.is_floating_point() or not ((t5_mask == 0) | (t5_mask == 1)).all():
+                raise InvalidInputError(f"t5_mask must be bool (or 0/1 integers); got dtype {t5_mask.dtype}")
+            t5_mask = t5_mask.to(torch.bool)
+        return sigma, t5_mask.to(x.device)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, t5_feat: torch.Tensor, t5_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """x: (B, C, T, H, W) DiT-space latent, sigma: (B,) in [0, 1] (1 = noise), t5_feat: (B, L, D_t5),
+        t5_mask: (B, L) bool -> (B, C, T, H, W) float32 prediction of x0 − ε."""
+        sigma, mask = self._check_inputs(x, sigma, t5_feat, t5_mask)
+        cfg, dtype = self.config, self.compute_dtype
+        b, _, t, h, w = x.shape
+        p = cfg.patch_size
+        ph, pw = h // p, w // p
+        t5_feat = t5_feat.to(device=x.device, dtype=dtype)
+
+        # conditioning vector c = t_embed(1 - sigma) + pool(T5); every modulation uses SiLU(c)
+        c = self.t_embedder(1.0 - sigma, dtype) + self.t5_y_embedder(t5_feat, mask)
+        c = F.silu(c)
+
+        # text stream on the valid tokens only (gathered once, order kept; official packed-path semantics)
+        counts = [int(n) for n in mask.sum(dim=1).tolist()]
+        max_len = max(counts)
+        prefix = torch.arange(mask.shape[1], device=mask.device)[None] < mask.sum(dim=1, keepdim=True)
+        if bool((prefix == mask).all()):
+            y_feat = t5_feat[:, :max_len]
+        else:
+            order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :max_len]
+            y_feat = t5_feat.gather(1, order[..., None].expand(-1, -1, t5_feat.shape[-1]))
+        y = self.t5_yproj(y_feat)  # (B, L_max, Dy)
+
+        xt = self.x_embedder(x.to(dtype))  # (B, N, Dx)
+        rot = rope_frequencies(self.pos_frequencies.to(x.device), t, ph, pw)  # (N, H, hd/2) complex64
+        for block in self.blocks:
+            xt, y = block(xt, y, c, rot, counts, self.attention)
+        out = self.final_layer(xt, c)  # (B, N, p·p·C)
+
+        co = cfg.out_channels
+        out = out.reshape(b, t, ph, pw, p, p, co).permute(0, 6, 1, 2, 4, 3, 5)
+        return out.reshape(b, co, t, h, w).to(torch.float32)
+
+    def extra_repr(self) -> str:
+        return f"compute_dtype={self.compute_dtype}, attention={self.attention!r}"

@@ -1,0 +1,416 @@
+"""Block streaming and phase moves: keep N transformer blocks on the compute device, stream the rest.
+
+Reproduces the *behaviour* of ComfyUI's partial loading for Mochi (weights that do not fit stay in system
+memory and travel to the GPU when used, peers.md §6.5, issue 7) with our own mechanism: forward hooks on
+``model.blocks[i]``.
+
+- Blocks ``0..N-1`` and every non-block tensor (embedders, final layer) live on ``device``.
+- Blocks ``N..depth-1`` live on the offload device (pinned CPU memory when ``device`` is CUDA). A block's
+  forward pre-hook brings it in, its forward hook sends it back (inference only: the home copy never
+  changes, so "sending back" is dropping the device copy, no transfer).
+- With ``prefetch=True`` the pre-hook of block ``i`` also starts loading block ``i+1`` (on a side CUDA stream,
+  so the copy overlaps block ``i``'s compute; on CPU the same logic runs synchronously). So at most
+  ``N + 1 + prefetch`` blocks occupy the compute device at any moment; :class:`StreamingStats` records it.
+- When ``device`` and the offload device are the same (CPU-only machines), an offloaded block's tensors are
+  replaced by ``meta`` placeholders, so a block that the mechanism failed to bring in cannot compute and the
+  residency counters describe real tensors, not bookkeeping.
+
+Weights are rebound, never mutated: each parameter is replaced by a new ``nn.Parameter`` wrapping the home
+tensor or its device copy (no requires-grad, inference only). This is the same per-tensor movement that
+:func:`move_module` uses for whole-phase moves (text encoder in, DiT out, decoder in).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError
+
+__all__ = [
+    "BlockStreamer",
+    "StreamingStats",
+    "enable_block_streaming",
+    "block_nbytes",
+    "move_module",
+    "make_room",
+    "tensor_slots",
+]
+
+logger = logging.getLogger(__name__)
+
+Slot = tuple[nn.Module, str, bool]  # (owner module, attribute name, is_parameter)
+
+
+def tensor_slots(module: nn.Module) -> list[Slot]:
+    """Every parameter and buffer slot of ``module`` (recursively), each shared tensor once."""
+    slots: list[Slot] = []
+    seen: set[int] = set()
+    for mod in module.modules():
+        for name, p in mod._parameters.items():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                slots.append((mod, name, True))
+        for name, b in mod._buffers.items():
+            if b is not None and id(b) not in seen:
+                seen.add(id(b))
+                slots.append((mod, name, False))
+    return slots
+
+
+def _get(slot: Slot) -> torch.Tensor:
+    mod, name, is_param = slot
+    return mod._parameters[name] if is_param else mod._buffers[name]  # type: ignore[return-value]
+
+
+def _bind(slot: Slot, tensor: torch.Tensor) -> None:
+    mod, name, is_param = slot
+    if is_param:
+        mod._parameters[name] = nn.Parameter(tensor, requires_grad=False)
+    else:
+        mod._buffers[name] = tensor
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def block_nbytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers as stored (shared tensors counted once)."""
+    return sum(_nbytes(_get(s)) for s in tensor_slots(module))
+
+
+def move_module(module: nn.Module, device: torch.device | str, *, pin_memory: bool = False) -> int:
+    """Move every parameter and buffer of ``module`` to ``device`` in place, one tensor at a time.
+
+    Unlike ``module.to`` this never holds two copies of the whole module, and it can pin host memory
+    (``pin_memory=True`` with a CPU target) so later host-to-device copies are asynchronous.
+    Returns the bytes moved.
+    """
+    dev = torch.device(device)
+    moved = 0
+    for slot in tensor_slots(module):
+        t = _get(slot)
+        if t.device == dev and not (pin_memory and not t.is_pinned()):
+            continue
+        new = t.to(dev)
+        if pin_memory and dev.type == "cpu":
+            new = new.pin_memory()
+        _bind(slot, new)
+        moved += _nbytes(t)
+    return moved
+
+
+def make_room(
+    nbytes: int,
+    device: torch.device | str,
+    *,
+    free_memory: Callable[[int, torch.device], object] | None = None,
+) -> None:
+    """Before a phase brings ``nbytes`` of weights and activations to ``device``, ask for that room.
+
+    ``free_memory(nbytes, device)`` is the host's request (inside ComfyUI the node layer passes
+    ``comfy.model_management.free_memory``, which unloads only as many other models as needed, never all);
+    then cached CUDA blocks of released tensors are returned to the driver. On CPU it does nothing else.
+    """
+    dev = torch.device(device)
+    if free_memory is not None:
+        free_memory(int(nbytes), dev)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class StreamingStats:
+    """Instrumentation of a :class:`BlockStreamer` (counters since :meth:`BlockStreamer.reset_stats`).
+
+    ``max_loaded_blocks``: most blocks whose weights were on the compute device at once (resident + streamed),
+    measured from the tensors themselves at every block boundary. ``max_streamed_loaded``: the same for
+    streamed blocks only (1 without prefetch, 2 with). ``loads``: block copies to the compute device;
+    ``prefetched``: how many of them were started ahead of the block's forward. ``bytes_loaded``: bytes copied.
+    ``trace``: ("load" | "prefetch" | "forward" | "unload", block index), in order (capped at 10,000 entries).
+    """
+
+    max_loaded_blocks: int = 0
+    max_streamed_loaded: int = 0
+    loads: int = 0
+    prefetched: int = 0
+    bytes_loaded: int = 0
+    trace: list[tuple[str, int]] = field(default_factory=list)
+
+    def _log(self, what: str, index: int) -> None:
+        if len(self.trace) < 10_000:
+            self.trace.append((what, index))
+
+
+class BlockStreamer:
+    """Handle returned by :func:`enable_block_streaming`; call :meth:`remove` to detach it.
+
+    Attributes: ``resident_blocks`` (N), ``depth``, ``device``, ``offload_device``, ``prefetch``, ``stats``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        resident_blocks: int,
+        *,
+        device: torch.device | str,
+        offload_device: torch.device | str = "cpu",
+        prefetch: bool = True,
+        pin_memory: bool | None = None,
+        blocks: nn.ModuleList | None = None,
+        copy_on_load: bool | None = None,
+    ) -> None:
+        if blocks is None:
+            blocks = getattr(model, "blocks", None)
+        if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+            raise InvalidInputError(
+                f"block streaming needs a model with a non-empty `blocks` nn.ModuleList (or blocks=...); "
+                f"{type(model).__name__} has none"
+            )
+        depth = len(blocks)
+        if (
+            isinstance(resident_blocks, bool)
+            or not isinstance(resident_blocks, int)
+            or not 0 <= resident_blocks <= depth
+        ):
+            raise InvalidInputError(
+                f"resident_blocks={resident_blocks!r} must be an integer from 0 to {depth} (the model's depth)"
+            )
+        self.model = model
+        self.blocks = blocks
+        self.depth = depth
+        self.resident_blocks = resident_blocks
+        self.device = torch.device(device)
+        self.offload_device = torch.device(offload_device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.prefetch = bool(prefetch)
+        self.same_device = self.device == self.offload_device
+        if pin_memory is None:
+            pin_memory = self.device.type == "cuda" and self.offload_device.type == "cpu"
+        self.pin_memory = bool(pin_memory)
+        self.copy_on_load = bool(copy_on_load) if copy_on_load is not None else not self.same_device
+        self.stats = StreamingStats()
+        self._use_stream = self.device.type == "cuda" and self.prefetch and not self.same_device
+        self._stream: Any = torch.cuda.Stream(device=self.device) if self._use_stream else None
+        self._slots: list[list[Slot]] = [tensor_slots(b) for b in blocks]
+        self._home: list[list[torch.Tensor]] = [[] for _ in range(depth)]
+        self._loaded: set[int] = set()
+        self._pending: dict[int, Any] = {}  # block index -> CUDA event of its prefetch copy
+        self._hooks: list[Any] = []
+        self._removed = False
+
+        # Non-block tensors and resident blocks go to the compute device.
+        block_params = {id(_get(s)) for slots in self._slots for s in slots}
+        for slot in tensor_slots(model):
+            t = _get(slot)
+            if id(t) not in block_params and t.device != self.device:
+                _bind(slot, t.to(self.device))
+        for i in range(depth):
+            if i < resident_blocks:
+                move_module(blocks[i], self.device)
+                continue
+            home = []
+            for slot in self._slots[i]:
+                t = _get(slot)
+                h = t.to(self.offload_device) if t.device != self.offload_device else t
+                if self.pin_memory and h.device.type == "cpu" and not h.is_pinned():
+                    h = h.pin_memory()
+                home.append(h)
+            self._home[i] = home
+            self._unload(i, log=False)
+
+        for i, blk in enumerate(blocks):
+            self._hooks.append(blk.register_forward_pre_hook(self._make_pre_hook(i)))
+            self._hooks.append(blk.register_forward_hook(self._make_post_hook(i)))
+        self._hooks.append(model.register_forward_pre_hook(self._model_pre_hook))
+        logger.info(
+            "block streaming: %d of %d blocks resident on %s, %d streamed from %s (prefetch=%s, pinned=%s)",
+            resident_blocks,
+            depth,
+            self.device,
+            depth - resident_blocks,
+            self.offload_device,
+            self.prefetch,
+            self.pin_memory,
+        )
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def is_streamed(self, index: int) -> bool:
+        """True for blocks that live on the offload device between uses."""
+        return index >= self.resident_blocks
+
+    def block_on_device(self, index: int) -> bool:
+        """True when every tensor of block ``index`` is currently on the compute device (read from the tensors)."""
+        return all(_get(s).device == self.device for s in self._slots[index])
+
+    def loaded_blocks(self) -> list[int]:
+        """Indices of the blocks whose tensors are on the compute device right now."""
+        return [i for i in range(self.depth) if self.block_on_device(i)]
+
+    def reset_stats(self) -> None:
+        self.stats = StreamingStats()
+
+    # -- moves -----------------------------------------------------------------------------------
+
+    def _load(self, index: int, *, ahead: bool) -> None:
+        if index in self._loaded:
+            return
+        home = self._home[index]
+        if self.same_device:
+            # the home tensors already sit on the compute device; copy_on_load allocates a real copy anyway so an
+            # allocation tracker sees what a GPU would hold (planner validation on CPU)
+            copies = [h.clone() for h in home] if self.copy_on_load else home
+        elif self._use_stream and ahead:
+            main = torch.cuda.current_stream(self.device)
+            with torch.cuda.stream(self._stream):
+                copies = [h.to(self.device, non_blocking=True) for h in home]
+                event = torch.cuda.Event()
+                event.record(self._stream)
+            for c in copies:  # memory allocated on the side stream is used on the main one
+                c.record_stream(main)
+            self._pending[index] = event
+        else:
+            copies = [h.to(self.device, non_blocking=self.pin_memory) for h in home]
+        for slot, c in zip(self._slots[index], copies):
+            _bind(slot, c)
+        self._loaded.add(index)
+        self.stats.loads += 1
+        self.stats.bytes_loaded += sum(_nbytes(h) for h in home)
+        if ahead:
+            self.stats.prefetched += 1
+        self.stats._log("prefetch" if ahead else "load", index)
+
+    def _unload(self, index: int, *, log: bool = True) -> None:
+        self._pending.pop(index, None)
+        for slot, h in zip(self._slots[index], self._home[index]):
+            _bind(slot, torch.empty_like(h, device="meta") if self.same_device else h)
+        self._loaded.discard(index)
+        if log:
+            self.stats._log("unload", index)
+
+    def _wait(self, index: int) -> None:
+        event = self._pending.pop(index, None)
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)
+
+    def _record(self) -> None:
+        streamed = sum(1 for i in self._loaded if self.is_streamed(i))
+        # Counted from the tensors (not from _loaded), so a bookkeeping bug cannot hide a resident block.
+        loaded = sum(1 for i in range(self.depth) if self.block_on_device(i))
+        self.stats.max_loaded_blocks = max(self.stats.max_loaded_blocks, loaded)
+        self.stats.max_streamed_loaded = max(self.stats.max_streamed_loaded, streamed)
+
+    # -- hooks -----------------------------------------------------------------------------------
+
+    def _model_pre_hook(self, module: nn.Module, args: Any) -> None:
+        first = self.resident_blocks
+        if self.prefetch and first < self.depth:
+            self._load(first, ahead=True)
+
+    def _make_pre_hook(self, index: int) -> Callable[[nn.Module, Any], None]:
+        def pre_hook(module: nn.Module, args: Any) -> None:
+            if self.is_streamed(index):
+                if index in self._loaded:
+                    self._wait(index)
+                else:
+                    self._load(index, ahead=False)
+            nxt = index + 1
+            if self.prefetch and nxt < self.depth and self.is_streamed(nxt):
+                self._load(nxt, ahead=True)
+            self.stats._log("forward", index)
+            self._record()
+
+        return pre_hook
+
+    def _make_post_hook(self, index: int) -> Callable[[nn.Module, Any, Any], None]:
+        def post_hook(module: nn.Module, args: Any, output: Any) -> None:
+            if self.is_streamed(index):
+                self._unload(index)
+
+        return post_hook
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def offload_all(self) -> None:
+        """Send every tensor of the model (resident blocks and non-block layers too) to the offload device.
+
+        Used at the end of the sampling phase so the decoder gets the compute device; hooks stay installed
+        and :meth:`restore` brings the resident part back.
+        """
+        for i in list(self._loaded):
+            self._unload(i)
+        for slot in tensor_slots(self.model):
+            t = _get(slot)
+            if t.device == self.device and not self.same_device:
+                h = t.to(self.offload_device)
+                _bind(slot, h.pin_memory() if self.pin_memory and h.device.type == "cpu" else h)
+
+    def restore(self) -> None:
+        """Undo :meth:`offload_all`: non-block tensors and the first N blocks back on the compute device."""
+        block_params = {id(_get(s)) for i in range(self.resident_blocks, self.depth) for s in self._slots[i]}
+        for slot in tensor_slots(self.model):
+            t = _get(slot)
+            if id(t) not in block_params and t.device != self.device:
+                _bind(slot, t.to(self.device))
+
+    def remove(self) -> None:
+        """Remove the hooks. Streamed blocks are left on the offload device as real tensors (never meta)."""
+        if self._removed:
+            return
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        if self._stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        for i in range(self.resident_blocks, self.depth):
+            self._pending.pop(i, None)
+            for slot, h in zip(self._slots[i], self._home[i]):
+                _bind(slot, h)
+            self._loaded.discard(i)
+        self._removed = True
+
+    def __enter__(self) -> BlockStreamer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def enable_block_streaming(
+    model: nn.Module,
+    resident_blocks: int,
+    *,
+    device: torch.device | str,
+    offload_device: torch.device | str = "cpu",
+    prefetch: bool = True,
+    pin_memory: bool | None = None,
+    blocks: nn.ModuleList | None = None,
+    copy_on_load: bool | None = None,
+) -> BlockStreamer:
+    """Keep ``model.blocks[:resident_blocks]`` on ``device``; stream the others from ``offload_device``.
+
+    ``model`` is any module with a ``blocks`` ``nn.ModuleList`` called in index order by its forward
+    (the DiT's 48 ``AsymmetricJointBlock``s). Returns a :class:`BlockStreamer`; ``handle.remove()`` detaches it.
+    Device bytes for weights: non-block tensors + N blocks + (1 + prefetch) streamed blocks.
+    ``blocks``: stream another ModuleList instead (e.g. T5's ``model.encoder.block``). ``copy_on_load``: when
+    device and offload device are the same, allocate a copy on each load (default: only when they differ).
+    Raises :class:`~mochi_core.errors.InvalidInputError` for a model without blocks or N outside 0..depth.
+    """
+    return BlockStreamer(
+        model,
+        resident_blocks,
+        device=device,
+        offload_device=offload_device,
+        prefetch=prefetch,
+        pin_memory=pin_memory,
+        blocks=blocks,
+        copy_on_load=copy_on_load,
+    )

@@ -1,0 +1,285 @@
+"""``load_vae`` and the :class:`VAE` object: weight loading (every published layout), decode (whole, chunked,
+tiled, memory-budgeted) and encode.
+
+Semantics of genmoai/mochi ``pipelines.py`` (decode_latents / decode_latents_tiled_spatial: VAE-space latent in,
+video in [-1, 1] out) and ``demos/test_encoder_decoder.py`` (Fourier features, then the encoder; posterior mean);
+mochi-spec.md §4, §5, §7. Weights are loaded tensor by tensor from a memory-mapped file into a model built on the
+``meta`` device, so no two full copies exist; they keep their stored dtype (or ``dtype``) and are cast on use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..errors import InvalidInputError, UnsupportedCheckpointError
+from ..formats.io import Checkpoint, open_checkpoint
+from ..formats.vae import vae_key_map
+from ..precision import FLOAT8_DTYPES, default_compute_dtype, parse_dtype
+from .config import DecoderConfig, EncoderConfig
+from .decoder import Decoder
+from .encoder import Encoder
+from .layers import GroupNormPerFrame, add_fourier_features
+from .tiling import TilePlan, choose_tiles, decode_working_set_bytes, tiled_decode
+
+__all__ = ["VAE", "load_vae", "build_from_state_dict"]
+
+log = logging.getLogger(__name__)
+
+
+def _install(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
+    mod_name, _, attr = key.rpartition(".")
+    mod = model.get_submodule(mod_name) if mod_name else model
+    if attr == "weight" and isinstance(mod, ops.CastWeights):
+        ops.set_weight(mod, tensor)
+    else:
+        setattr(mod, attr, nn.Parameter(tensor, requires_grad=False))
+
+
+def _fill(
+    model: nn.Module,
+    fetch: Callable[[str], torch.Tensor],
+    keys: list[str],
+    *,
+    what: str,
+    path: str,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> None:
+    expected = dict(model.named_parameters())
+    missing = sorted(set(expected) - set(keys))
+    extra = sorted(set(keys) - set(expected))
+    if missing or extra:
+        raise UnsupportedCheckpointError(
+            f"{path}: {what} keys do not match the configuration inferred from its shapes "
+            f"(missing {missing[:4]}, unexpected {extra[:4]})"
+        )
+    norm_params = {f"{n}.{p}" for n, m in model.named_modules() if isinstance(m, GroupNormPerFrame) for p in ("weight", "bias")}
+    for key in keys:
+        t = fetch(key)
+        if tuple(t.shape) != tuple(expected[key].shape):
+            raise UnsupportedCheckpointError(
+                f"{path}: {what} tensor {key!r} has shape {tuple(t.shape)}, expected {tuple(expected[key].shape)}"
+            )
+        target = t.dtype
+        if dtype is not None and t.is_floating_point() and key not in norm_params:
+            target = dtype
+        if key in norm_params and target in FLOAT8_DTYPES:
+            target = torch.float32
+        _install(model, key, t.to(device=device, dtype=target))
+
+
+def _shapes(ckpt: Checkpoint, mapping: dict[str, list[str]]) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for k, srcs in mapping.items():
+        shapes = [ckpt.infos[s].shape for s in srcs]
+        out[k] = (sum(s[0] for s in shapes),) + tuple(shapes[0][1:]) if len(shapes) > 1 else tuple(shapes[0])
+    return out
+
+
+def _fetcher(ckpt: Checkpoint, mapping: dict[str, list[str]]) -> Callable[[str], torch.Tensor]:
+    def fetch(key: str) -> torch.Tensor:
+        srcs = mapping[key]
+        if len(srcs) == 1:
+            return ckpt.get(srcs[0])
+        return torch.cat([ckpt.get(s) for s in srcs], dim=0)
+
+    return fetch
+
+
+class VAE:
+    """Decoder (always) and encoder (when the file has one) with decode / encode entry points.
+
+    Attributes: ``decoder``, ``encoder`` (or None), ``device``, ``dtype`` (compute dtype), ``storage_dtype``,
+    ``layout`` (which file layout it came from), ``path``.
+    """
+
+    def __init__(
+        self,
+        decoder: Decoder | None,
+        encoder: Encoder | None,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        layout: str = "official",
+        path: str = "",
+    ) -> None:
+        self.decoder = decoder
+        self.encoder = encoder
+        self.device = device
+        self.dtype = dtype
+        self.layout = layout
+        self.path = path
+
+    # ------------------------------------------------------------------ housekeeping
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        model = self.decoder if self.decoder is not None else self.encoder
+        assert model is not None
+        return next(model.parameters()).dtype
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "VAE":
+        """Move the weights to ``device`` (storage dtype kept) and optionally set the compute dtype."""
+        dev = torch.device(device)
+        for m in (self.decoder, self.encoder):
+            if m is not None:
+                m.to(dev)
+        self.device = dev
+        if dtype is not None:
+            self.dtype = dtype
+        return self
+
+    def weight_bytes(self) -> int:
+        return sum(ops.weight_nbytes(m) for m in (self.decoder, self.encoder) if m is not None)
+
+    def __repr__(self) -> str:
+        return (
+            f"VAE(layout={self.layout!r}, decoder={self.decoder is not None}, encoder={self.encoder is not None}, "
+            f"device={self.device}, compute={self.dtype}, storage={self.storage_dtype})"
+        )
+
+    # ------------------------------------------------------------------ decode
+    def _check_latent(self, latent: torch.Tensor) -> None:
+        if self.decoder is None:
+            raise InvalidInputError(f"{self.path}: this VAE file has no decoder")
+        cfg = self.decoder.config
+        if not isinstance(latent, torch.Tensor):
+            raise InvalidInputError(f"latent must be a torch.Tensor (B, {cfg.latent_dim}, T, H, W); got {type(latent).__name__}")
+        if latent.ndim != 5 or latent.shape[1] != cfg.latent_dim:
+            raise InvalidInputError(
+                f"latent must have shape (B, {cfg.latent_dim}, T, H, W) with T, H, W >= 1; got {tuple(latent.shape)}"
+            )
+        if min(latent.shape) < 1:
+            raise InvalidInputError(f"latent has an empty dimension: {tuple(latent.shape)}; need B, T, H, W >= 1")
+        if not latent.is_floating_point():
+            raise InvalidInputError(f"latent must be a floating tensor; got {latent.dtype}")
+        if not bool(torch.isfinite(latent).all()):
+            raise InvalidInputError("latent contains NaN or inf values; the sampler output is broken")
+
+    def plan_decode(self, latent_shape: tuple[int, ...], memory_budget: int) -> TilePlan:
+        """The tile plan :meth:`decode` would use for ``memory_budget`` bytes (raises DoesNotFitError)."""
+        assert self.decoder is not None
+        return choose_tiles(tuple(latent_shape), int(memory_budget), self.decoder.config, self.dtype)
+
+    def working_set_bytes(self, latent_shape: tuple[int, ...], tile: TilePlan) -> int:
+        assert self.decoder is not None
+        return decode_working_set_bytes(tuple(latent_shape), tile, self.decoder.config, self.dtype)
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        latent: torch.Tensor,
+        *,
+        memory_budget: int | None = None,
+        tile: TilePlan | int | tuple[int, ...] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> torch.Tensor:
+        """latent (B, 12, T, H, W) in VAE space (un-normalised) -> video (B, 3, 6(T-1)+1, 8H, 8W) float32 in ~[-1, 1].
+
+        memory_budget: bytes for the decode's working set (output included); tiles are chosen to fit, or
+        DoesNotFitError is raised before any work, naming the minimum. tile: explicit TilePlan / frames per chunk /
+        (frames, height, width[, overlap]) in latent units. Neither: one whole decode. progress(i, n) after each
+        tile x chunk; should_stop() before each (raises MochiInterrupted).
+        """
+        self._check_latent(latent)
+        assert self.decoder is not None
+        if memory_budget is not None and tile is not None:
+            raise InvalidInputError("pass either memory_budget or tile, not both")
+        if memory_budget is not None:
+            if not isinstance(memory_budget, int) or isinstance(memory_budget, bool) or memory_budget <= 0:
+                raise InvalidInputError(f"memory_budget must be a positive int (bytes); got {memory_budget!r}")
+            plan = self.plan_decode(tuple(latent.shape), memory_budget)
+        elif tile is not None:
+            plan = TilePlan.parse(tile)
+        else:
+            plan = TilePlan(latent.shape[2], latent.shape[3], latent.shape[4], 0)
+        z = latent.to(device=self.device, dtype=self.dtype)
+        log.info("VAE decode %s with %s", tuple(latent.shape), plan)
+        return tiled_decode(self.decoder, z, plan, progress=progress, should_stop=should_stop)
+
+    # ------------------------------------------------------------------ encode
+    @torch.inference_mode()
+    def encode_distribution(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """video (B, 3, F, H, W) in [-1, 1], F = 6k+1, H and W multiples of 8 -> (mean, logvar) (B, 12, k+1, H/8, W/8)."""
+        if self.encoder is None:
+            raise InvalidInputError(f"{self.path or 'this VAE'}: the file has no encoder; load an encoder file to encode")
+        cfg = self.encoder.config
+        if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
+            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            raise InvalidInputError(f"video must be a (B, 3, F, H, W) tensor in [-1, 1]; got {shape}")
+        _, _, f, h, w = video.shape
+        tf, sf = cfg.temporal_factor, cfg.spatial_factor
+        if f < 1 or (f - 1) % tf or h % sf or w % sf or h < sf or w < sf:
+            raise InvalidInputError(
+                f"video frames must be {tf}k+1 and height/width multiples of {sf}; got F={f}, H={h}, W={w}"
+            )
+        if not video.is_floating_point() or not bool(torch.isfinite(video).all()):
+            raise InvalidInputError("video must be a finite floating tensor in [-1, 1]")
+        x = add_fourier_features(video.to(self.device)).to(self.dtype)
+        mean, logvar = self.encoder(x)
+        return mean.float(), logvar.float()
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """video (B, 3, F, H, W) in [-1, 1] -> posterior mean (B, 12, (F-1)/6+1, H/8, W/8) in VAE space."""
+        return self.encode_distribution(video)[0]
+
+
+def build_from_state_dict(
+    decoder_sd: dict[str, torch.Tensor] | None, encoder_sd: dict[str, torch.Tensor] | None, *, device: str = "cpu"
+) -> VAE:
+    """A VAE from official-name state dicts in memory (tests, conversions)."""
+    dev = torch.device(device)
+    dec = enc = None
+    if decoder_sd is not None:
+        with torch.device("meta"):
+            dec = Decoder(DecoderConfig.from_shapes({k: v.shape for k, v in decoder_sd.items()}))
+        _fill(dec, decoder_sd.__getitem__, list(decoder_sd), what="decoder", path="state_dict", device=dev, dtype=None)
+    if encoder_sd is not None:
+        with torch.device("meta"):
+            enc = Encoder(EncoderConfig.from_shapes({k: v.shape for k, v in encoder_sd.items()}))
+        _fill(enc, encoder_sd.__getitem__, list(encoder_sd), what="encoder", path="state_dict", device=dev, dtype=None)
+    return VAE(dec, enc, device=dev, dtype=default_compute_dtype(dev), layout="state_dict")
+
+
+def load_vae(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    compute_dtype: str | torch.dtype | None = None,
+) -> VAE:
+    """Load a Mochi VAE file (decoder and/or encoder; every published layout, mochi-spec.md §7) into a :class:`VAE`.
+
+    dtype: storage dtype for the weights (None keeps the file's dtype; GroupNorm parameters are never stored in
+    fp8). compute_dtype: dtype of activations (default: float32 on CPU, bfloat16 on CUDA). The configuration is
+    inferred from tensor shapes. Refuses DiT / T5 files, unknown layouts, truncated files and pickles.
+    """
+    dev = torch.device(device)
+    storage = parse_dtype(dtype, what="dtype")
+    compute = parse_dtype(compute_dtype, what="compute_dtype") or default_compute_dtype(dev)
+    if compute in FLOAT8_DTYPES:
+        raise InvalidInputError("compute_dtype must be fp32, bf16 or fp16")
+    with open_checkpoint(path) as ckpt:
+        kmap = vae_key_map(ckpt.keys(), path=str(path))
+        dec = enc = None
+        if kmap.decoder is not None:
+            cfg = DecoderConfig.from_shapes(_shapes(ckpt, kmap.decoder))
+            with torch.device("meta"):
+                dec = Decoder(cfg)
+            _fill(dec, _fetcher(ckpt, kmap.decoder), list(kmap.decoder), what="decoder", path=str(path), device=dev, dtype=storage)
+        if kmap.encoder is not None:
+            ecfg = EncoderConfig.from_shapes(_shapes(ckpt, kmap.encoder))
+            with torch.device("meta"):
+                enc = Encoder(ecfg)
+            _fill(enc, _fetcher(ckpt, kmap.encoder), list(kmap.encoder), what="encoder", path=str(path), device=dev, dtype=storage)
+    for m in (dec, enc):
+        if m is not None:
+            m.eval()
+    log.info("loaded VAE %s (%s layout): decoder=%s encoder=%s", path, kmap.layout, dec is not None, enc is not None)
+    return VAE(dec, enc, device=dev, dtype=compute, layout=kmap.layout, path=str(path))

@@ -1,0 +1,344 @@
+"""Tiled decoding: exact temporal chunks with carried causal context, spatial tiles with shared GroupNorm
+statistics and feathered blending, and a memory-budget planner.
+
+Why the pieces (mochi-spec.md §5): the decoder is causal and normalises each frame on its own, so temporal chunks
+that carry each causal conv's last k_t - 1 input frames decode exactly (no lost, repeated or flickering frames).
+Spatially, a tile differs from the whole decode in two ways: its GroupNorm statistics cover only the tile, and its
+borders are replicate-padded. With ``norm="global"`` a first pass collects every GroupNorm's per-frame sums over
+the part of the frame each tile owns (tiles partition the frame at the middle of each overlap) and the second
+pass normalises every tile with those frame statistics; the remaining border error is hidden by cross-fading
+tiles over the middle of their overlap.
+
+Working-set formula (bytes; :func:`decode_working_set_bytes`), for a plan with n latent frames per chunk and
+tile h x w latents, e = element size of the compute dtype:
+
+    output accumulator   B * C_out * F_out * (8H) * (8W) * 4   (+ (8H)(8W) * 4 blend weights when tiled)
+    conv caches          sum over 3x3x3 convs of 2 frames * C * (h S) * (w S) * e      (S = spatial scale there)
+    stage peak           max over stages of  K_RES * M_k  (res blocks)  and  M_in + K_PROJ * M_out (up blocks)
+                         with M = B * C * T * (h S) * (w S) * e the feature map of that stage for one chunk
+    + one chunk of decoder output and the largest conv weight cast to the compute dtype,
+
+times SAFETY. The constants were fitted to peaks measured with :class:`~.tracking.PeakMemoryTracker`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import DoesNotFitError, InvalidInputError, MochiInterrupted
+from .config import DecoderConfig
+from .decoder import Decoder
+from .layers import NormContext
+
+__all__ = [
+    "TilePlan",
+    "decode_working_set_bytes",
+    "min_decode_bytes",
+    "choose_tiles",
+    "tiled_decode",
+    "axis_tiles",
+]
+
+log = logging.getLogger(__name__)
+
+K_RES = 4.5
+K_PROJ = 2.0
+SAFETY = 1.1
+MIN_TILE = 8  # latents (64 px): smallest spatial tile the planner proposes
+NORM_MODES = ("global", "tile")
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How to decode: ``frames`` latent frames per temporal chunk; spatial tiles of ``height`` x ``width`` latents
+    (including the ``overlap`` shared with each neighbour); ``norm``: "global" (frame statistics shared by all
+    tiles, two passes) or "tile" (each tile normalises itself, one pass). Sizes larger than the latent mean whole."""
+
+    frames: int
+    height: int
+    width: int
+    overlap: int = 2
+    norm: str = "global"
+
+    def __post_init__(self) -> None:
+        for name in ("frames", "height", "width"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise InvalidInputError(f"tile {name} must be a positive int (latent units); got {v!r}")
+        if not isinstance(self.overlap, int) or self.overlap < 0:
+            raise InvalidInputError(f"tile overlap must be an int >= 0 (latents); got {self.overlap!r}")
+        if self.norm not in NORM_MODES:
+            raise InvalidInputError(f"tile norm must be one of {NORM_MODES}; got {self.norm!r}")
+
+    def clamp(self, t: int, h: int, w: int) -> "TilePlan":
+        """The plan with sizes clipped to a (T, H, W) latent; overlap kept below the tile size."""
+        th, tw = min(self.height, h), min(self.width, w)
+        split = [s for s, full in ((th, h), (tw, w)) if s < full]
+        ov = min([self.overlap] + [s // 2 for s in split]) if split else 0
+        return TilePlan(min(self.frames, t), th, tw, ov, self.norm)
+
+    @classmethod
+    def parse(cls, tile: object) -> "TilePlan":
+        """Accept a TilePlan, an int (frames per chunk, whole frames) or a tuple (frames, height, width[, overlap])."""
+        if isinstance(tile, TilePlan):
+            return tile
+        big = 1 << 30
+        if isinstance(tile, int) and not isinstance(tile, bool):
+            return cls(tile, big, big, 0)
+        if isinstance(tile, (tuple, list)) and len(tile) in (3, 4) and all(isinstance(v, int) for v in tile):
+            return cls(*tile)  # type: ignore[arg-type]
+        raise InvalidInputError(
+            f"tile must be a TilePlan, an int (latent frames per chunk) or (frames, height, width[, overlap]); got {tile!r}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# geometry
+
+
+def axis_tiles(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """Tiles [start, end) of ``size`` covering [0, length) with at least ``overlap`` shared between neighbours,
+    spread evenly."""
+    if size >= length:
+        return [(0, length)]
+    step = max(1, size - overlap)
+    n = math.ceil((length - size) / step) + 1
+    starts = [round(i * (length - size) / (n - 1)) for i in range(n)]
+    return [(s, s + size) for s in starts]
+
+
+def _axis_weights(tiles: list[tuple[int, int]], scale: int, length: int) -> list[tuple[torch.Tensor, int, int]]:
+    """Per tile: (weights over its output span, owned start, owned end). Neighbours cross-fade linearly over the
+    middle half of their shared span; owned ranges split each shared span at its middle (latent units)."""
+    out = []
+    for i, (s, e) in enumerate(tiles):
+        w = torch.ones((e - s) * scale, dtype=torch.float64)
+        own0, own1 = s, e
+        if i > 0:
+            ps, pe = tiles[i - 1]
+            lo, hi = s * scale, pe * scale  # shared output span with the previous tile
+            own0 = (s + pe) // 2
+            _ramp(w, lo - s * scale, hi - s * scale, rising=True)
+        if i < len(tiles) - 1:
+            ns, ne = tiles[i + 1]
+            lo, hi = ns * scale, e * scale
+            own1 = (ns + e) // 2
+            _ramp(w, lo - s * scale, hi - s * scale, rising=False)
+        out.append((w, own0, own1))
+    return out
+
+
+def _ramp(w: torch.Tensor, lo: int, hi: int, *, rising: bool) -> None:
+    span = hi - lo
+    if span <= 0:
+        return
+    a = lo + span // 4
+    b = hi - span // 4
+    n = max(1, b - a)
+    r = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    if not rising:
+        r = 1 - r
+    if rising:
+        w[lo:a] = 0.0
+    else:
+        w[b:hi] = 0.0
+    w[a : a + n] *= r
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# working set
+
+
+def _stage_maps(config: DecoderConfig, n: int, h: int, w: int) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """[(channels, frames, pixel count)] per stage for a non-first chunk of n latent frames and an h x w tile;
+    and the spatial scale of each stage."""
+    ch = config.channels
+    stages = [(ch[-1], n, h * w)]
+    scales = [1]
+    t, s = n, 1
+    for i in range(len(ch) - 1):
+        t *= config.temporal_expansions[-i - 1]
+        s *= config.spatial_expansions[-i - 1]
+        stages.append((ch[-i - 2], t, h * w * s * s))
+        scales.append(s)
+    return stages, scales
+
+
+def decode_working_set_bytes(
+    latent_shape: tuple[int, ...], tile: TilePlan, config: DecoderConfig, dtype: torch.dtype = torch.float32
+) -> int:
+    """Estimated peak bytes of :func:`tiled_decode` (formula in the module docstring). latent_shape: (B, C, T, H, W)."""
+    b, _, t_lat, h_lat, w_lat = (int(v) for v in latent_shape)
+    p = tile.clamp(t_lat, h_lat, w_lat)
+    e = torch.empty((), dtype=dtype).element_size()
+    sf = config.spatial_factor
+    f_out = config.frames_out(t_lat)
+    out_bytes = b * config.out_channels * f_out * h_lat * sf * w_lat * sf * 4
+    tiled = p.height < h_lat or p.width < w_lat
+    if tiled:
+        out_bytes += h_lat * sf * w_lat * sf * 8
+    n_res = list(reversed(config.num_res_blocks))  # stage order: input stage, up blocks coarse->fine, last
+    stages, scales = _stage_maps(config, p.frames, p.height, p.width)
+    cache = 0
+    peak = 0
+    for k, (c, t, px) in enumerate(stages):
+        m = b * c * t * px * e
+        # res blocks of stage k: stage 0 holds n_res[0] + n_res[1] (input block + first up block's blocks)
+        nres = n_res[0] + n_res[1] if k == 0 else (n_res[k + 1] if k + 1 < len(n_res) else 0)
+        cache += 2 * nres * 2 * b * c * px * e
+        if nres:
+            peak = max(peak, int(K_RES * m))
+        if k + 1 < len(stages):
+            c2, t2, px2 = stages[k + 1]
+            m_out = b * c2 * t2 * px2 * e
+            peak = max(peak, m + int(K_PROJ * m_out))
+    last_c, last_t, last_px = stages[-1]
+    out_chunk = b * config.out_channels * last_t * last_px * 4 * 2
+    wmax = max(c * c * 27 for c in config.channels) * e
+    return int(SAFETY * (out_bytes + cache + peak + out_chunk + wmax))
+
+
+def _default_overlap(size: int) -> int:
+    return max(1, min(8, size // 3))
+
+
+def min_decode_bytes(latent_shape: tuple[int, ...], config: DecoderConfig, dtype: torch.dtype = torch.float32) -> int:
+    """Working set of the smallest plan :func:`choose_tiles` can propose (1 latent frame, MIN_TILE tiles)."""
+    _, _, t, h, w = latent_shape
+    th, tw = min(h, MIN_TILE), min(w, MIN_TILE)
+    return decode_working_set_bytes(latent_shape, TilePlan(1, th, tw, _default_overlap(min(th, tw))), config, dtype)
+
+
+def choose_tiles(
+    latent_shape: tuple[int, ...],
+    budget: int,
+    config: DecoderConfig,
+    dtype: torch.dtype = torch.float32,
+    *,
+    norm: str = "global",
+) -> TilePlan:
+    """The cheapest plan whose working set fits ``budget`` bytes: whole frames with as many latent frames per chunk
+    as fit (exact); otherwise the tile grid with the least decoded area (overlaps and the statistics pass counted)
+    that fits, then as many frames per chunk as fit. Raises DoesNotFitError naming the minimum, before any work."""
+    _, _, t, h, w = (int(v) for v in latent_shape)
+
+    def fits(plan: TilePlan) -> bool:
+        return decode_working_set_bytes(latent_shape, plan, config, dtype) <= budget
+
+    for n in range(t, 0, -1):
+        plan = TilePlan(n, h, w, 0, norm)
+        if fits(plan):
+            return plan
+    minimum = min_decode_bytes(latent_shape, config, dtype)
+    if minimum > budget:
+        raise DoesNotFitError(
+            f"VAE decode of a latent {tuple(latent_shape)} needs at least {minimum / 2**20:.1f} MiB "
+            f"(smallest tile, one latent frame per chunk); memory_budget is {budget / 2**20:.1f} MiB",
+            min_budget_bytes=minimum,
+        )
+    best: TilePlan | None = None
+    best_cost = float("inf")
+    passes = 2 if norm == "global" else 1
+    for nr in range(1, h + 1):
+        for nc in range(1, w + 1):
+            if nr * nc == 1:
+                continue
+            ov = 0
+            th = tw = 0
+            for _ in range(3):  # overlap depends on the tile size and vice versa; settle in a few rounds
+                th = h if nr == 1 else min(h, math.ceil((h + (nr - 1) * ov) / nr))
+                tw = w if nc == 1 else min(w, math.ceil((w + (nc - 1) * ov) / nc))
+                ov = _default_overlap(min(s for s, full in ((th, h), (tw, w)) if s < full) if (th < h or tw < w) else th)
+            if (th < min(h, MIN_TILE)) or (tw < min(w, MIN_TILE)):
+                continue
+            cost = passes * len(axis_tiles(h, th, ov)) * len(axis_tiles(w, tw, ov)) * th * tw
+            if cost >= best_cost:
+                continue
+            plan = TilePlan(1, th, tw, ov, norm)
+            if fits(plan):
+                best, best_cost = plan, cost
+    if best is None:  # the smallest tile fits (checked above)
+        th, tw = min(h, MIN_TILE), min(w, MIN_TILE)
+        best = TilePlan(1, th, tw, _default_overlap(min(th, tw)), norm)
+    n = 1
+    while n < t and fits(TilePlan(n + 1, best.height, best.width, best.overlap, norm)):
+        n += 1
+    return TilePlan(n, best.height, best.width, best.overlap, norm)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# decode
+
+
+def tiled_decode(
+    decoder: Decoder,
+    z: torch.Tensor,
+    plan: TilePlan,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """Decode z (B, C, T, H, W) (already in the compute dtype and on the decoder's device) by ``plan``.
+
+    Returns (B, out_channels, 6(T-1)+1, 8H, 8W) float32. ``progress(i, n)`` after each tile x chunk work item,
+    ``should_stop()`` before each (raises MochiInterrupted).
+    """
+    cfg = decoder.config
+    b, _, t_lat, h_lat, w_lat = z.shape
+    p = plan.clamp(t_lat, h_lat, w_lat)
+    sf = cfg.spatial_factor
+    f_out = cfg.frames_out(t_lat)
+    rows = axis_tiles(h_lat, p.height, p.overlap)
+    cols = axis_tiles(w_lat, p.width, p.overlap)
+    chunks = [(t0, min(t_lat, t0 + p.frames)) for t0 in range(0, t_lat, p.frames)]
+    tiled = len(rows) * len(cols) > 1
+    passes = ["collect", "apply"] if (tiled and p.norm == "global") else ["local"]
+    total = len(passes) * len(rows) * len(cols) * len(chunks)
+    out = torch.zeros(b, cfg.out_channels, f_out, h_lat * sf, w_lat * sf, dtype=torch.float32, device=z.device)
+    wy = _axis_weights(rows, sf, h_lat)
+    wx = _axis_weights(cols, sf, w_lat)
+    wsum = torch.zeros(h_lat * sf, w_lat * sf, dtype=torch.float32, device=z.device) if tiled else None
+    ctx = NormContext() if tiled and p.norm == "global" else None
+    log.debug("tiled decode %s: %d x %d tiles, %d chunks, passes %s", tuple(z.shape), len(rows), len(cols), len(chunks), passes)
+    done = 0
+    try:
+        for mode in passes:
+            if ctx is not None:
+                ctx.mode = mode
+            for (y0, y1), (wrow, oy0, oy1) in zip(rows, wy):
+                for (x0, x1), (wcol, ox0, ox1) in zip(cols, wx):
+                    if ctx is not None:
+                        ctx.owned = (oy0 - y0, oy1 - y0, ox0 - x0, ox1 - x0)
+                    decoder.start_stream(ctx)
+                    weight = None
+                    if tiled:
+                        weight = (wrow[:, None] * wcol[None, :]).to(torch.float32).to(z.device)
+                        if mode != "collect":
+                            wsum[y0 * sf : y1 * sf, x0 * sf : x1 * sf] += weight
+                    for t0, t1 in chunks:
+                        if should_stop is not None and should_stop():
+                            raise MochiInterrupted("VAE decode interrupted")
+                        y = decoder(z[:, :, t0:t1, y0:y1, x0:x1])
+                        if mode != "collect":
+                            f0 = 0 if t0 == 0 else cfg.frames_out(t0)
+                            f1 = cfg.frames_out(t1)
+                            dst = out[:, :, f0:f1, y0 * sf : y1 * sf, x0 * sf : x1 * sf]
+                            if weight is None:
+                                dst.copy_(y)
+                            else:
+                                dst.add_(y.to(torch.float32).mul_(weight))
+                        del y
+                        done += 1
+                        if progress is not None:
+                            progress(done, total)
+                    decoder.end_stream()
+    finally:
+        decoder.end_stream()
+    if wsum is not None:
+        out.div_(wsum.clamp_min(1e-12))
+    return out

@@ -1,0 +1,305 @@
+"""Loader nodes: Mochi DiT, VAE and T5 from ComfyUI's model folders, with queue-time file checks and a model cache.
+
+Semantics: file selection like core ``UNETLoader`` / ``VAELoader`` / ``CLIPLoader`` (``folder_paths`` lists of
+``diffusion_models``, ``vae``, ``text_encoders``); the weights are read by ``mochi_core.load_dit`` /
+``load_vae`` / ``load_text_encoder`` (every published layout, cast-on-use storage dtypes).
+
+- ``VALIDATE_INPUTS`` reads only the file header, so a missing file, a VAE given to the DiT loader or a T5 given
+  to the VAE loader is refused with ``node_errors`` before anything runs.
+- ``IS_CHANGED`` fingerprints the file (size, mtime), so replacing a file reloads it, and an unchanged file is
+  served from ComfyUI's output cache. A process-wide weak cache also returns the already-loaded model when
+  two loader nodes (or two workflows) ask for the same file with the same options, without keeping a model
+  alive that ComfyUI has dropped.
+- Weights load onto ComfyUI's offload device (CPU unless ``--highvram``); the nodes that use a model move it
+  to the compute device for their phase and back (see :mod:`nodes.placement`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import host
+from .registry import register
+from .validation import check_model_file
+
+logger = logging.getLogger(__name__)
+
+DIT_STORAGE = ["default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "q8_0", "fp32"]
+T5_STORAGE = ["default", "fp16", "bf16", "fp8_e4m3fn", "fp32"]
+ATTENTION = ["sdpa", "flash", "sage"]
+MEMORY_MODES = ["auto", "full", "stream"]
+VAE_DTYPES = ["auto", "bf16", "fp16", "fp32"]
+T5_DTYPES = ["fp32", "bf16"]
+
+_CACHE: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()
+
+
+def _fingerprint(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _cached(key: tuple, load: Callable[[], Any]) -> Any:
+    obj = _CACHE.get(key)
+    if obj is not None:
+        logger.info("Mochi: reusing loaded model %s", key[1])
+        return obj
+    obj = load()
+    try:
+        _CACHE[key] = obj
+    except TypeError:  # object without weakref support: just do not cache it
+        pass
+    return obj
+
+
+def _file_changed(folder: str, name: str) -> str:
+    try:
+        return repr(_fingerprint(host.full_path(folder, name)))
+    except (OSError, FileNotFoundError):
+        return name
+
+
+@dataclass(eq=False)
+class MochiDiT:
+    """The ``MOCHI_DIT`` value: the loaded model plus how to place it on the device while sampling.
+
+    ``memory``: "auto" (whole model on the device when it fits in the budget, else stream blocks), "full",
+    "stream". ``budget_bytes``: device bytes allowed for weights and activations (0: free memory at run time).
+    """
+
+    model: Any
+    name: str
+    memory: str = "auto"
+    budget_bytes: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@register("MochiDiTLoader", "Mochi DiT Loader")
+class MochiDiTLoader:
+    CATEGORY = "Mochi/loaders"
+    DESCRIPTION = (
+        "Loads the Mochi 1 diffusion transformer from models/diffusion_models (Comfy-Org mochi_preview_bf16 or "
+        "mochi_preview_fp8_scaled, the all-in-one file, Genmo's official file, Kijai bf16/fp8/GGUF, diffusers). "
+        "Weights are cast layer by layer to the compute dtype, so fp8 and quantized storage run on any GPU or CPU."
+    )
+    RETURN_TYPES = ("MOCHI_DIT",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The Mochi DiT with its memory placement settings; connect it to Mochi Sampler.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "dit_name": (
+                    host.filename_list("diffusion_models"),
+                    {
+                        "tooltip": "DiT weight file in models/diffusion_models (e.g. mochi_preview_fp8_scaled.safetensors)."
+                    },
+                ),
+                "weight_dtype": (
+                    DIT_STORAGE,
+                    {
+                        "default": "default",
+                        "tooltip": "Storage dtype of the weights in memory. 'default' keeps the file's own (bf16 or scaled fp8); fp8/q8_0 halve memory at a small quality cost. Computation always runs in bf16 (GPU) or fp32 (CPU).",
+                    },
+                ),
+                "attention": (
+                    ATTENTION,
+                    {
+                        "default": "sdpa",
+                        "tooltip": "Attention kernel: sdpa (PyTorch, always available), flash (flash-attn) or sage (SageAttention) if installed.",
+                    },
+                ),
+                "memory": (
+                    MEMORY_MODES,
+                    {
+                        "default": "auto",
+                        "tooltip": "How the DiT sits on the GPU while sampling: auto (whole model if it fits, otherwise stream transformer blocks from system RAM), full (whole model), stream (always stream the blocks that do not fit the budget).",
+                    },
+                ),
+                "memory_budget_gb": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 1024.0,
+                        "step": 0.5,
+                        "tooltip": "GPU memory the sampler may use, in GB. 0 = automatic: the free memory at run time after ComfyUI unloads its own models.",
+                    },
+                ),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, dit_name: str) -> bool | str:
+        try:
+            check_model_file("diffusion_models", dit_name, "dit")
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, dit_name: str, **_: Any) -> str:
+        return _file_changed("diffusion_models", dit_name)
+
+    def load(
+        self, dit_name: str, weight_dtype: str, attention: str, memory: str, memory_budget_gb: float
+    ) -> tuple[MochiDiT]:
+        import mochi_core
+
+        path = host.full_path("diffusion_models", dit_name)
+        storage = None if weight_dtype == "default" else weight_dtype
+        device = host.offload_device()
+        key = ("dit", path, _fingerprint(path), storage, attention, str(device))
+
+        def load() -> Any:
+            logger.info(
+                "Mochi: loading DiT %s (storage %s, attention %s) on %s", dit_name, weight_dtype, attention, device
+            )
+            return mochi_core.load_dit(
+                path, device=device, dtype=_dit_compute_dtype(), storage_dtype=storage, attention=attention
+            )
+
+        model = _cached(key, load)
+        return (MochiDiT(model=model, name=dit_name, memory=memory, budget_bytes=int(memory_budget_gb * 1024**3)),)
+
+
+def _dit_compute_dtype() -> Any:
+    """bf16 on a GPU, fp32 on CPU (``mochi_core.precision`` default for the compute device)."""
+    from mochi_core.precision import default_compute_dtype
+
+    return default_compute_dtype(host.compute_device())
+
+
+@register("MochiVAELoader", "Mochi VAE Loader")
+class MochiVAELoader:
+    CATEGORY = "Mochi/loaders"
+    DESCRIPTION = (
+        "Loads the Mochi VAE (decoder and, when the file has it, encoder) from models/vae: Comfy-Org "
+        "mochi_vae.safetensors, Genmo's decoder/encoder files, Kijai's or diffusers' VAE."
+    )
+    RETURN_TYPES = ("MOCHI_VAE",)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("The Mochi VAE; connect it to Mochi VAE Decode (Tiled) or Mochi VAE Encode.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "vae_name": (
+                    host.filename_list("vae"),
+                    {"tooltip": "VAE weight file in models/vae (e.g. mochi_vae.safetensors)."},
+                ),
+                "dtype": (
+                    VAE_DTYPES,
+                    {"default": "auto", "tooltip": "Compute dtype of the VAE: auto = bf16 on GPU, fp32 on CPU."},
+                ),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, vae_name: str) -> bool | str:
+        try:
+            check_model_file("vae", vae_name, "vae_decoder", alternatives=("vae_encoder",))
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, vae_name: str, **_: Any) -> str:
+        return _file_changed("vae", vae_name)
+
+    def load(self, vae_name: str, dtype: str) -> tuple[Any]:
+        import mochi_core
+
+        path = host.full_path("vae", vae_name)
+        device = host.offload_device()
+        compute = None if dtype == "auto" else dtype
+        if compute is None:
+            compute = "bf16" if host.compute_device().type == "cuda" else "fp32"
+        key = ("vae", path, _fingerprint(path), compute, str(device))
+
+        def load() -> Any:
+            logger.info("Mochi: loading VAE %s (compute %s) on %s", vae_name, compute, device)
+            return mochi_core.load_vae(path, device=device, compute_dtype=compute)
+
+        return (_cached(key, load),)
+
+
+@register("MochiT5Loader", "Mochi T5 Loader")
+class MochiT5Loader:
+    CATEGORY = "Mochi/loaders"
+    DESCRIPTION = (
+        "Loads the T5-XXL text encoder from models/text_encoders (t5xxl_fp16, t5xxl_fp8_e4m3fn(_scaled), HF shards) "
+        "with the official Mochi tokenization: 256 tokens, and an empty prompt contributes no text token."
+    )
+    RETURN_TYPES = ("MOCHI_T5",)
+    RETURN_NAMES = ("t5",)
+    OUTPUT_TOOLTIPS = ("The T5 encoder and tokenizer; connect it to Mochi Text Encode.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "t5_name": (
+                    host.filename_list("text_encoders"),
+                    {"tooltip": "T5-XXL weight file in models/text_encoders (e.g. t5xxl_fp16.safetensors)."},
+                ),
+                "weight_dtype": (
+                    T5_STORAGE,
+                    {
+                        "default": "default",
+                        "tooltip": "Storage dtype of the weights in memory ('default' keeps the file's). T5 always computes in fp32 unless dtype says bf16.",
+                    },
+                ),
+                "dtype": (
+                    T5_DTYPES,
+                    {
+                        "default": "fp32",
+                        "tooltip": "Compute dtype: fp32 (official, exact) or bf16 (GPU only, less memory). fp16 is not offered: T5 overflows in fp16.",
+                    },
+                ),
+                "tokenizer": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "Folder or file of the google/t5-v1_1-xxl tokenizer. Empty = the one bundled with ComfyUI (comfy/text_encoders/t5_tokenizer).",
+                    },
+                ),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, t5_name: str) -> bool | str:
+        try:
+            check_model_file("text_encoders", t5_name, "t5")
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, t5_name: str, **_: Any) -> str:
+        return _file_changed("text_encoders", t5_name)
+
+    def load(self, t5_name: str, weight_dtype: str, dtype: str, tokenizer: str) -> tuple[Any]:
+        import mochi_core
+
+        path = host.full_path("text_encoders", t5_name)
+        tok = tokenizer.strip() or host.default_tokenizer_dir()
+        storage = None if weight_dtype == "default" else weight_dtype
+        device = host.offload_device()
+        key = ("t5", path, _fingerprint(path), storage, dtype, tok, str(device))
+
+        def load() -> Any:
+            logger.info("Mochi: loading T5 %s (storage %s, compute %s) on %s", t5_name, weight_dtype, dtype, device)
+            return mochi_core.load_text_encoder(path, tokenizer=tok, device=device, dtype=dtype, storage_dtype=storage)
+
+        return (_cached(key, load),)

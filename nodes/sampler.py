@@ -1,0 +1,265 @@
+"""MochiSampler: text-to-video and video-to-video sampling with Genmo's CFG Euler loop, in ComfyUI.
+
+Wraps :func:`mochi_core.sample` (semantics of genmoai/mochi ``pipelines.py`` ``sample_model``; mochi-spec.md §3):
+linear-quadratic schedule (threshold, linear steps) or a core ``SIGMAS`` input, noise from a CPU generator seeded
+with ``seed``, optional start ``LATENT`` + ``denoise``. Input and output LATENTs are core's
+``{"samples": (B, 12, T, H/8, W/8)}`` in VAE space (like core ``EmptyMochiLatentVideo`` / ``VAEDecode``); the
+node converts to DiT space (``normalize_latent``) before sampling and back (``denormalize_latent``) after.
+
+Host integration: progress per step with optional latent previews, interrupt between steps
+(``processing_interrupted``), and DiT placement on the GPU through :mod:`nodes.placement`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from . import host
+from .conditioning import conditioning_to_t5
+from .placement import dit_on_device
+from .registry import register
+from .validation import check_frames, check_size
+
+logger = logging.getLogger(__name__)
+
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+def _int_or_none(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def check_sampler_inputs(width: Any, height: Any, frames: Any, steps: Any, linear_steps: Any) -> None:
+    """Queue-time checks; ValueError names the input and the allowed values. Linked (unknown) values are skipped."""
+    w, h, f, s, ls = (_int_or_none(v) for v in (width, height, frames, steps, linear_steps))
+    if w is not None and h is not None:
+        check_size(w, h)
+    if f is not None:
+        check_frames(f)
+    if s is not None and s < 1:
+        raise ValueError(f"steps={s} is not allowed: steps must be >= 1")
+    if s is not None and ls is not None and ls != 0 and not (1 <= ls <= max(1, s - 1)):
+        raise ValueError(
+            f"linear_steps={ls} is not allowed with steps={s}: use 0 (auto = steps/2) or 1..{max(1, s - 1)}"
+        )
+
+
+@register("MochiSampler", "Mochi Sampler")
+class MochiSampler:
+    CATEGORY = "Mochi/sampling"
+    DESCRIPTION = (
+        "Generates a Mochi latent video with Genmo's sampler (flow matching, CFG, Euler, linear-quadratic schedule). "
+        "Takes Mochi Text Encode or core CLIPTextEncode (CLIPLoader type mochi) conditioning. With a latent and "
+        "denoise < 1 it does video-to-video. Output is a core LATENT in VAE space, usable by core VAEDecode."
+    )
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Sampled latent in VAE space, shape [batch, 12, (frames-1)/6+1, height/8, width/8].",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": ("MOCHI_DIT", {"tooltip": "The DiT from Mochi DiT Loader."}),
+                "positive": (
+                    "CONDITIONING",
+                    {
+                        "tooltip": "What the video should show (Mochi Text Encode or core CLIPTextEncode with a mochi CLIP)."
+                    },
+                ),
+                "negative": (
+                    "CONDITIONING",
+                    {"tooltip": "What to steer away from; the official default is an empty prompt."},
+                ),
+                "width": (
+                    "INT",
+                    {
+                        "default": 848,
+                        "min": 16,
+                        "max": 4096,
+                        "step": 16,
+                        "tooltip": "Video width in pixels, a multiple of 16 (trained at 848). Ignored when a latent is connected.",
+                    },
+                ),
+                "height": (
+                    "INT",
+                    {
+                        "default": 480,
+                        "min": 16,
+                        "max": 4096,
+                        "step": 16,
+                        "tooltip": "Video height in pixels, a multiple of 16 (trained at 480). Ignored when a latent is connected.",
+                    },
+                ),
+                "frames": (
+                    "INT",
+                    {
+                        "default": 31,
+                        "min": 1,
+                        "max": 1021,
+                        "step": 6,
+                        "tooltip": "Number of frames, 6k+1 (7, 13, ... 163; 163 = 5.4 s at 30 fps). Ignored when a latent is connected.",
+                    },
+                ),
+                "steps": (
+                    "INT",
+                    {
+                        "default": 64,
+                        "min": 1,
+                        "max": 1000,
+                        "tooltip": "Sampling steps (official: 64). Ignored when sigmas are connected.",
+                    },
+                ),
+                "cfg": (
+                    "FLOAT",
+                    {
+                        "default": 6.0,
+                        "min": 0.0,
+                        "max": 30.0,
+                        "step": 0.1,
+                        "round": 0.01,
+                        "tooltip": "Classifier-free guidance scale (official: 6.0; 1.0 skips the negative pass).",
+                    },
+                ),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": MAX_SEED,
+                        "control_after_generate": True,
+                        "tooltip": "Noise seed (CPU generator, so the same seed gives the same video on every device).",
+                    },
+                ),
+                "threshold_noise": (
+                    "FLOAT",
+                    {
+                        "default": 0.025,
+                        "min": 0.001,
+                        "max": 0.999,
+                        "step": 0.001,
+                        "tooltip": "Linear-quadratic schedule: noise level reached by the linear part (official 0.025).",
+                    },
+                ),
+                "linear_steps": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 1000,
+                        "tooltip": "Linear-quadratic schedule: number of linear steps; 0 = steps/2 (official).",
+                    },
+                ),
+            },
+            "optional": {
+                "sigmas": (
+                    "SIGMAS",
+                    {
+                        "tooltip": "Optional core SIGMAS (e.g. BasicScheduler linear_quadratic): replaces steps / threshold / linear steps. Must run from <= 1 down to 0."
+                    },
+                ),
+                "latent": (
+                    "LATENT",
+                    {
+                        "tooltip": "Optional start latent (VAE space, e.g. from Mochi VAE Encode or EmptyMochiLatentVideo): sets the size; with denoise < 1 it is video-to-video."
+                    },
+                ),
+                "denoise": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.01,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "With a latent: how much of it to redraw (1.0 = ignore its content, keep only its size).",
+                    },
+                ),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width: Any, height: Any, frames: Any, steps: Any, linear_steps: Any) -> bool | str:
+        try:
+            check_sampler_inputs(width, height, frames, steps, linear_steps)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    def sample(
+        self,
+        model: Any,
+        positive: Any,
+        negative: Any,
+        width: int,
+        height: int,
+        frames: int,
+        steps: int,
+        cfg: float,
+        seed: int,
+        threshold_noise: float,
+        linear_steps: int,
+        sigmas: torch.Tensor | None = None,
+        latent: dict[str, torch.Tensor] | None = None,
+        denoise: float = 1.0,
+    ) -> tuple[dict[str, torch.Tensor]]:
+        import mochi_core
+        from mochi_core.errors import InvalidInputError
+
+        dit = model.model
+        pos = conditioning_to_t5(positive, "positive")
+        neg = conditioning_to_t5(negative, "negative")
+        want = dit.config.t5_feat_dim
+        for name, (feat, _) in (("positive", pos), ("negative", neg)):
+            if feat.shape[-1] != want:
+                raise InvalidInputError(
+                    f"{name} conditioning has {feat.shape[-1]} features per token but this DiT expects {want} "
+                    "(T5-XXL): encode with Mochi Text Encode or CLIPLoader type 'mochi' + t5xxl"
+                )
+        start = None
+        if latent is not None:
+            samples = latent.get("samples") if isinstance(latent, dict) else None
+            if not isinstance(samples, torch.Tensor) or samples.dim() != 5 or samples.shape[1] != 12:
+                shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else None
+                raise InvalidInputError(f"latent must be a Mochi LATENT (B, 12, T, H/8, W/8); got shape {shape}")
+            batch, _, t, h, w = samples.shape
+            frames, height, width = 6 * (t - 1) + 1, h * 8, w * 8
+            logger.info("Mochi: size from the latent: %d frames, %dx%d, batch %d", frames, width, height, batch)
+        else:
+            batch = 1
+        sig = None
+        if sigmas is not None:
+            sig = [float(s) for s in torch.as_tensor(sigmas).flatten().tolist()]
+            steps = len(sig) - 1
+            if latent is not None and denoise >= 1.0 and 0.0 < sig[0] < 1.0:
+                denoise = sig[0]  # split/partial sigmas with a start latent: start from the latent at sigmas[0]
+        if latent is not None and denoise < 1.0:
+            start = mochi_core.normalize_latent(latent["samples"].to(torch.float32))
+        elif denoise < 1.0:
+            raise InvalidInputError(
+                "denoise < 1 needs a latent to start from (video-to-video); use denoise 1.0 for text-to-video"
+            )
+        noise = mochi_core.make_noise(int(seed), frames=int(frames), height=int(height), width=int(width), batch=batch)
+        progress = host.ProgressReporter(steps, previews=True)
+        cfg_batch = 1 if float(cfg) == 1.0 else 2
+        with host.interrupt_errors(), dit_on_device(model, tuple(noise.shape), cfg_batch=cfg_batch) as dev:
+            out = mochi_core.sample(
+                dit,
+                noise.to(dev),
+                (pos[0].to(dev), pos[1].to(dev)),
+                (neg[0].to(dev), neg[1].to(dev)),
+                steps=int(steps),
+                cfg=float(cfg),
+                threshold_noise=float(threshold_noise),
+                linear_steps=int(linear_steps) or None,
+                sigmas=sig,
+                start_latent=start.to(dev) if start is not None else None,
+                denoise=float(denoise),
+                callback=progress.callback(),
+                should_stop=host.should_stop,
+            )
+        samples = mochi_core.denormalize_latent(out).to(host.output_device())
+        return ({"samples": samples},)

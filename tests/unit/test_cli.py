@@ -1,0 +1,140 @@
+"""The headless CLI: a tiny-model video rendered end to end in a subprocess and read back; refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from mochi_core.cli import build_parser, main, parse_bytes
+from mochi_core.errors import InvalidInputError
+from mochi_core.testing.t5 import host_tokenizer_dir, write_t5
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def t5_tokenizer_dir() -> Path:
+    d = host_tokenizer_dir()
+    if d is None or not (d / "tokenizer.json").is_file():
+        pytest.fail("T5 tokenizer not found: set MOCHI_T5_TOKENIZER to comfy/text_encoders/t5_tokenizer")
+    return d
+
+
+@pytest.fixture(scope="module")
+def model_args(tmp_path_factory, golden_dir, t5_tokenizer_dir) -> list[str]:
+    from mochi_core.testing.dit import write_dit
+
+    root = tmp_path_factory.mktemp("cli_models")
+    return [
+        "--dit", str(write_dit(root / "dit_bf16.safetensors", "comfy_bf16")),
+        "--vae", str(golden_dir / "vae_decoder_tiny.safetensors"),
+        "--t5", str(write_t5(root / "t5xxl_fp8_e4m3fn_scaled.safetensors", "fp8_e4m3fn_scaled")),
+        "--tokenizer", str(t5_tokenizer_dir),
+    ]  # fmt: skip
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MOCHI_T5_TOKENIZER", None)  # the CLI must use --tokenizer
+    return subprocess.run(
+        [sys.executable, "-m", "mochi_core", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_renders_a_tiny_video_end_to_end(model_args, tmp_path) -> None:
+    av = pytest.importorskip("av")
+    out = tmp_path / "video.mp4"
+    common = ["--prompt", "A cat walks on the grass, realistic style.", "--width", "48", "--height", "32"]
+    res = _run(
+        ["generate", *common, "--frames", "13", "--steps", "3", "--cfg", "4.5", "--seed", "5", *model_args]
+        + ["--out", str(out), "--frames-dir", str(tmp_path / "png"), "--json"],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["frames"] == 13 and summary["seed"] == 5 and summary["fps"] == 30
+    assert summary["formats"] == {"t5": "fp8_e4m3fn_scaled", "dit": summary["formats"]["dit"]}
+    assert summary["outputs"]["mp4"] == str(out) and summary["outputs"]["png_count"] == 13
+    assert "sampling" in res.stderr  # the tqdm bar went to stderr
+    with av.open(str(out)) as c:
+        stream = c.streams.video[0]
+        assert stream.average_rate == 30
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 13 and frames[0].shape == (32, 48, 3)
+    pngs = sorted((tmp_path / "png").glob("frame_*.png"))
+    assert len(pngs) == 13
+    with av.open(str(pngs[-1])) as c:
+        png = next(iter(c.decode(video=0))).to_ndarray(format="rgb24")
+    # the lossy MP4 frame stays near the exact PNG frame
+    assert abs(png.astype("float32") - frames[-1].astype("float32")).mean() < 12.0
+
+
+def test_cli_refuses_bad_input_with_one_line(model_args, tmp_path) -> None:
+    res = _run(
+        ["generate", "--prompt", "x", "--frames", "30", "--width", "48", "--height", "32", *model_args]
+        + ["--out", str(tmp_path / "v.mp4")],
+        tmp_path,
+    )
+    assert res.returncode == 2
+    assert "frames=30" in res.stderr and "25 or 31" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_main_in_process_reports_errors(model_args, tmp_path, capsys) -> None:
+    rc = main(["generate", "--prompt", "x", *model_args, "--out", str(tmp_path / "v.avi")])
+    assert rc == 2 and ".mp4" in capsys.readouterr().err
+    rc = main(["generate", "--prompt", "x", *model_args[:4], "--t5", str(tmp_path / "none.safetensors")])
+    assert rc == 2 and "--out" in capsys.readouterr().err
+    rc = main(
+        ["generate", "--prompt", "x", "--width", "48", "--height", "32", "--frames", "7", "--steps", "1"]
+        + [*model_args[:4], "--t5", model_args[1], "--tokenizer", model_args[-1], "--out", str(tmp_path / "v.mp4")]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a t5 checkpoint" in err.lower()
+
+
+def test_parse_bytes() -> None:
+    assert parse_bytes("20GB") == 20 * 10**9
+    assert parse_bytes("18GiB") == 18 * 2**30
+    assert parse_bytes("1.5GB") == 1_500_000_000
+    assert parse_bytes("4096") == 4096
+    with pytest.raises(InvalidInputError, match="parsecs"):
+        parse_bytes("20 parsecs")
+
+
+def test_plan_subcommand_hook(monkeypatch) -> None:
+    """cli.py adds the memory package's `plan` subcommand through mochi_core.memory.cli.add_plan_parser."""
+    import importlib.machinery
+
+    import mochi_core.memory  # noqa: F401
+
+    def add_plan_parser(sub):
+        p = sub.add_parser("plan")
+        p.add_argument("--budget")
+        p.set_defaults(func=lambda args: 7)
+
+    fake = types.ModuleType("mochi_core.memory.cli")
+    fake.__spec__ = importlib.machinery.ModuleSpec("mochi_core.memory.cli", None)
+    fake.add_plan_parser = add_plan_parser  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mochi_core.memory.cli", fake)
+    monkeypatch.setattr(sys.modules["mochi_core.memory"], "cli", fake, raising=False)
+    assert main(["plan", "--budget", "20GB"]) == 7
+    assert "generate" in build_parser().format_help()
+
+
+def test_generate_help_lists_the_issue_options() -> None:
+    import argparse
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    help_text = sub.choices["generate"].format_help()
+    for opt in ("--prompt", "--negative", "--dit", "--vae", "--t5", "--tokenizer", "--width", "--height", "--frames"):
+        assert opt in help_text
+    for opt in ("--steps", "--cfg", "--seed", "--out", "--json", "--frames-dir"):
+        assert opt in help_text
