@@ -91,27 +91,37 @@ def main() -> None:
         for norm in ("global", "tile"):
             plan = ours.plan_decode(z.shape, budget)
             plan = TilePlan(plan.frames, plan.height, plan.width, plan.overlap, norm)
-            t_ours, out_ours = timed(lambda: ours.decode(z, tile=plan), args.repeats)
-            p_ours = peak(lambda: ours.decode(z, tile=plan))
+            t_ours, out_ours = timed(lambda plan=plan: ours.decode(z, tile=plan), args.repeats)
+            p_ours = peak(lambda plan=plan: ours.decode(z, tile=plan))
             rows.append((norm, plan, t_ours, p_ours, out_ours))
 
     out_px = tuple(ref_ours.shape[2:])
-    print(f"decoder channels {cfg.channels}, res blocks {cfg.num_res_blocks}; latent {tuple(z.shape)} -> video {out_px}")
-    print(f"threads {torch.get_num_threads()}, repeats {args.repeats}; budget {budget / 2**20:.1f} MiB "
-          f"({args.budget_frac:.0%} of the diffusers peak)")
+    print(
+        f"decoder channels {cfg.channels}, res blocks {cfg.num_res_blocks}; latent {tuple(z.shape)} -> video {out_px}"
+    )
+    print(
+        f"threads {torch.get_num_threads()}, repeats {args.repeats}; budget {budget / 2**20:.1f} MiB "
+        f"({args.budget_frac:.0%} of the diffusers peak)"
+    )
     print()
     print("| decode | plan | median s | peak MiB | max abs err vs untiled | PSNR dB | time ratio | memory ratio |")
     print("|---|---|---|---|---|---|---|---|")
     err_t = (out_theirs - ref_theirs).abs().max().item()
-    print(f"| diffusers enable_tiling | 256 px tiles, stride 192 | {t_theirs:.2f} | {p_theirs / 2**20:.1f} | "
-          f"{err_t:.3g} | {psnr(out_theirs, ref_theirs):.1f} | 1.00 | 1.00 |")
+    print(
+        f"| diffusers enable_tiling | 256 px tiles, stride 192 | {t_theirs:.2f} | {p_theirs / 2**20:.1f} | "
+        f"{err_t:.3g} | {psnr(out_theirs, ref_theirs):.1f} | 1.00 | 1.00 |"
+    )
     for norm, plan, t_ours, p_ours, out_ours in rows:
         err = (out_ours - ref_ours).abs().max().item()
-        print(f"| mochi_core budget ({norm} stats) | {plan.frames} lat. frames x {plan.height}x{plan.width}, ov "
-              f"{plan.overlap} | {t_ours:.2f} | {p_ours / 2**20:.1f} | {err:.3g} | {psnr(out_ours, ref_ours):.1f} | "
-              f"{t_ours / t_theirs:.2f} | {p_ours / p_theirs:.2f} |")
-    print(f"\nwithin budget: {all(r[3] <= budget for r in rows)}; untiled ours vs untiled diffusers (frame-drop rule): "
-          f"max {(ref_ours - ref_theirs).abs().max().item():.3g}")
+        print(
+            f"| mochi_core budget ({norm} stats) | {plan.frames} lat. frames x {plan.height}x{plan.width}, ov "
+            f"{plan.overlap} | {t_ours:.2f} | {p_ours / 2**20:.1f} | {err:.3g} | {psnr(out_ours, ref_ours):.1f} | "
+            f"{t_ours / t_theirs:.2f} | {p_ours / p_theirs:.2f} |"
+        )
+    print(
+        f"\nwithin budget: {all(r[3] <= budget for r in rows)}; untiled ours vs untiled diffusers (frame-drop rule): "
+        f"max {(ref_ours - ref_theirs).abs().max().item():.3g}"
+    )
 
 
 if __name__ == "__main__":

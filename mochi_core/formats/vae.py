@@ -17,8 +17,8 @@ along dim 0 (diffusers' separate ``to_q`` / ``to_k`` / ``to_v`` -> official ``at
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import torch
 
@@ -28,7 +28,12 @@ from .detect import VAE_DECODER, VAE_ENCODER, components, describe
 __all__ = ["VaeKeyMap", "vae_key_map", "to_diffusers"]
 
 _OUTER = ("", "vae.", "first_stage_model.")
-_RES_D2O = {"norm1.norm_layer": "stack.0", "conv1.conv": "stack.2", "norm2.norm_layer": "stack.3", "conv2.conv": "stack.5"}
+_RES_D2O = {
+    "norm1.norm_layer": "stack.0",
+    "conv1.conv": "stack.2",
+    "norm2.norm_layer": "stack.3",
+    "conv2.conv": "stack.5",
+}
 _RES_O2D = {v: k for k, v in _RES_D2O.items()}
 
 
@@ -72,7 +77,9 @@ def _diffusers_decoder(keys: set[str], prefix: str) -> dict[str, list[str]]:
         elif m := re.match(r"proj_out\.(weight|bias)$", k):
             out[f"output_proj.{m.group(1)}"] = src
         else:
-            raise UnsupportedCheckpointError(f"diffusers VAE decoder key {prefix + k!r} is not part of AutoencoderKLMochi")
+            raise UnsupportedCheckpointError(
+                f"diffusers VAE decoder key {prefix + k!r} is not part of AutoencoderKLMochi"
+            )
     return out
 
 
@@ -116,10 +123,14 @@ def _diffusers_encoder(keys: set[str], prefix: str) -> dict[str, list[str]]:
             else:
                 raise KeyError(k)
         except KeyError:
-            raise UnsupportedCheckpointError(f"diffusers VAE encoder key {src!r} is not part of AutoencoderKLMochi") from None
+            raise UnsupportedCheckpointError(
+                f"diffusers VAE encoder key {src!r} is not part of AutoencoderKLMochi"
+            ) from None
     for key, parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
-            raise UnsupportedCheckpointError(f"diffusers VAE encoder: {key} needs to_q, to_k and to_v; found {sorted(parts)}")
+            raise UnsupportedCheckpointError(
+                f"diffusers VAE encoder: {key} needs to_q, to_k and to_v; found {sorted(parts)}"
+            )
         out[key] = [parts["q"], parts["k"], parts["v"]]
     return out
 
@@ -138,9 +149,7 @@ def vae_key_map(keys: Iterable[str], *, path: str = "checkpoint") -> VaeKeyMap:
         has_dec = dec_p + "blocks.0.0.weight" in ks
         has_enc = enc_p + "layers.0.weight" in ks and enc_p + "output_proj.weight" in ks
         if has_dec or has_enc:
-            return VaeKeyMap(
-                "comfy", _strip(ks, dec_p) if has_dec else None, _strip(ks, enc_p) if has_enc else None
-            )
+            return VaeKeyMap("comfy", _strip(ks, dec_p) if has_dec else None, _strip(ks, enc_p) if has_enc else None)
     for outer in _OUTER:
         if outer + "blocks.0.0.weight" in ks and outer + "output_proj.weight" in ks:
             return VaeKeyMap("official", _strip(ks, outer), None)

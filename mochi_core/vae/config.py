@@ -7,8 +7,8 @@ and ``vae/models.py`` (Decoder, Encoder constructors); mochi-spec.md §4.3, §4.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from ..errors import UnsupportedCheckpointError
 
@@ -62,12 +62,12 @@ class DecoderConfig:
         return t
 
     @classmethod
-    def tiny(cls) -> "DecoderConfig":
+    def tiny(cls) -> DecoderConfig:
         """The golden-test decoder (shared/golden/manifest.json): 32 channels everywhere, one res block per stage."""
         return cls(channels=(32, 32, 32, 32), num_res_blocks=(1, 1, 1, 1, 1))
 
     @classmethod
-    def from_shapes(cls, shapes: Shapes) -> "DecoderConfig":
+    def from_shapes(cls, shapes: Shapes) -> DecoderConfig:
         """Infer the configuration from official key names and shapes (no data read)."""
         try:
             top, latent_dim = int(shapes["blocks.0.0.weight"][0]), int(shapes["blocks.0.0.weight"][1])
@@ -101,7 +101,9 @@ class DecoderConfig:
                 c_next = int(norm[0]) if norm is not None else c0
             factor = out_w // c_next
             if factor * c_next != out_w or factor % 4:
-                raise UnsupportedCheckpointError(f"decoder proj blocks.{b}.proj has {out_w} outputs for {c_next} channels")
+                raise UnsupportedCheckpointError(
+                    f"decoder proj blocks.{b}.proj has {out_w} outputs for {c_next} channels"
+                )
             s_exp.append(2)  # Mochi's spatial factor; t * s * s is all the shapes tell
             t_exp.append(factor // 4)
             widths_coarse.append(c_next)
@@ -153,12 +155,12 @@ class EncoderConfig:
         return f
 
     @classmethod
-    def tiny(cls) -> "EncoderConfig":
+    def tiny(cls) -> EncoderConfig:
         """The golden-test encoder (shared/golden/manifest.json)."""
         return cls(channels=(64, 32, 64, 32), num_res_blocks=(0, 1, 0, 1, 0))
 
     @classmethod
-    def from_shapes(cls, shapes: Shapes) -> "EncoderConfig":
+    def from_shapes(cls, shapes: Shapes) -> EncoderConfig:
         """Infer the configuration from official key names and shapes."""
         try:
             c0, in_ch = int(shapes["layers.0.weight"][0]), int(shapes["layers.0.weight"][1])
@@ -181,7 +183,13 @@ class EncoderConfig:
                 widths.append(int(down[0]))
                 t_red.append(int(down[2]))
                 s_red.append(int(down[3]))
-                n = len({m.group(1) for k in shapes if (m := re.match(rf"layers\.{i}\.layers\.(\d+)\.stack\.0\.weight$", k))})
+                n = len(
+                    {
+                        m.group(1)
+                        for k in shapes
+                        if (m := re.match(rf"layers\.{i}\.layers\.(\d+)\.stack\.0\.weight$", k))
+                    }
+                )
                 res.append(n)
                 attn.append(f"layers.{i}.layers.1.attn_block.norm.weight" in shapes)
             elif f"layers.{i}.stack.0.weight" in shapes:

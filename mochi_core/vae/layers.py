@@ -111,7 +111,8 @@ class GroupNormPerFrame(nn.Module):
                 var = (s2 / n).transpose(0, 1).reshape(b * (t1 - t0), GROUPS) - mean * mean
                 rstd = torch.rsqrt(var.clamp_min(0) + self.eps)
                 g = xm.view(b * (t1 - t0), GROUPS, cg, h, w)
-                g = (g - mean.to(torch.float32)[:, :, None, None, None]) * rstd.to(torch.float32)[:, :, None, None, None]
+                mean = mean.to(device=dev, dtype=torch.float32)[:, :, None, None, None]
+                g = (g - mean) * rstd.to(device=dev, dtype=torch.float32)[:, :, None, None, None]
                 yn = g.view(b * (t1 - t0), c, h, w)
                 if wt is not None:
                     yn = yn * wt[None, :, None, None] + bs[None, :, None, None]
@@ -224,7 +225,9 @@ class ResBlock(nn.Module):
     ``attn_block.*``. x: (B, C, T, H, W) -> same shape.
     """
 
-    def __init__(self, channels: int, *, attention: bool = False, affine: bool = True, bias: bool = True, scale: int = 1):
+    def __init__(
+        self, channels: int, *, attention: bool = False, affine: bool = True, bias: bool = True, scale: int = 1
+    ):
         super().__init__()
         self.stack = nn.ModuleList(
             [
@@ -243,9 +246,10 @@ class ResBlock(nn.Module):
         buf, inner = conv1.padded_buffer(x)
         norm1(x, act=True, out=inner)  # GroupNorm + SiLU written straight into the conv's padded input
         h = conv1.conv_padded(buf)
+        del buf, inner  # free the first padded input before the second is allocated
         buf, inner = conv2.padded_buffer(h)
         norm2(h, act=True, out=inner)
-        del h
+        del h, inner
         h = conv2.conv_padded(buf)
         del buf
         h += x

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -59,7 +59,9 @@ def _fill(
             f"{path}: {what} keys do not match the configuration inferred from its shapes "
             f"(missing {missing[:4]}, unexpected {extra[:4]})"
         )
-    norm_params = {f"{n}.{p}" for n, m in model.named_modules() if isinstance(m, GroupNormPerFrame) for p in ("weight", "bias")}
+    norm_params = {
+        f"{n}.{p}" for n, m in model.named_modules() if isinstance(m, GroupNormPerFrame) for p in ("weight", "bias")
+    }
     for key in keys:
         t = fetch(key)
         if tuple(t.shape) != tuple(expected[key].shape):
@@ -123,7 +125,7 @@ class VAE:
         assert model is not None
         return next(model.parameters()).dtype
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "VAE":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> VAE:
         """Move the weights to ``device`` (storage dtype kept) and optionally set the compute dtype."""
         dev = torch.device(device)
         for m in (self.decoder, self.encoder):
@@ -149,7 +151,9 @@ class VAE:
             raise InvalidInputError(f"{self.path}: this VAE file has no decoder")
         cfg = self.decoder.config
         if not isinstance(latent, torch.Tensor):
-            raise InvalidInputError(f"latent must be a torch.Tensor (B, {cfg.latent_dim}, T, H, W); got {type(latent).__name__}")
+            raise InvalidInputError(
+                f"latent must be a torch.Tensor (B, {cfg.latent_dim}, T, H, W); got {type(latent).__name__}"
+            )
         if latent.ndim != 5 or latent.shape[1] != cfg.latent_dim:
             raise InvalidInputError(
                 f"latent must have shape (B, {cfg.latent_dim}, T, H, W) with T, H, W >= 1; got {tuple(latent.shape)}"
@@ -206,9 +210,12 @@ class VAE:
     # ------------------------------------------------------------------ encode
     @torch.inference_mode()
     def encode_distribution(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """video (B, 3, F, H, W) in [-1, 1], F = 6k+1, H and W multiples of 8 -> (mean, logvar) (B, 12, k+1, H/8, W/8)."""
+        """video (B, 3, F, H, W) in [-1, 1], F = 6k+1, H and W multiples of 8 -> (mean, logvar), each
+        (B, 12, k+1, H/8, W/8) float32 (Fourier features are added here)."""
         if self.encoder is None:
-            raise InvalidInputError(f"{self.path or 'this VAE'}: the file has no encoder; load an encoder file to encode")
+            raise InvalidInputError(
+                f"{self.path or 'this VAE'}: the file has no encoder; load an encoder file to encode"
+            )
         cfg = self.encoder.config
         if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
             shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
@@ -272,12 +279,28 @@ def load_vae(
             cfg = DecoderConfig.from_shapes(_shapes(ckpt, kmap.decoder))
             with torch.device("meta"):
                 dec = Decoder(cfg)
-            _fill(dec, _fetcher(ckpt, kmap.decoder), list(kmap.decoder), what="decoder", path=str(path), device=dev, dtype=storage)
+            _fill(
+                dec,
+                _fetcher(ckpt, kmap.decoder),
+                list(kmap.decoder),
+                what="decoder",
+                path=str(path),
+                device=dev,
+                dtype=storage,
+            )
         if kmap.encoder is not None:
             ecfg = EncoderConfig.from_shapes(_shapes(ckpt, kmap.encoder))
             with torch.device("meta"):
                 enc = Encoder(ecfg)
-            _fill(enc, _fetcher(ckpt, kmap.encoder), list(kmap.encoder), what="encoder", path=str(path), device=dev, dtype=storage)
+            _fill(
+                enc,
+                _fetcher(ckpt, kmap.encoder),
+                list(kmap.encoder),
+                what="encoder",
+                path=str(path),
+                device=dev,
+                dtype=storage,
+            )
     for m in (dec, enc):
         if m is not None:
             m.eval()

@@ -64,6 +64,6 @@ class PeakMemoryTracker(TorchDispatchMode):
                 self._track(t)
         return out
 
-    def __enter__(self) -> "PeakMemoryTracker":
+    def __enter__(self) -> PeakMemoryTracker:
         super().__enter__()
         return self

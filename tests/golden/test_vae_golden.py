@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from mochi_core.formats.vae import to_diffusers
+from mochi_core.testing.vae import random_encoder_state_dict, write_official_encoder
 from mochi_core.vae import EncoderConfig, add_fourier_features, load_vae
 from mochi_core.vae.decoder import UpsampleBlock
-from mochi_core.testing.vae import random_encoder_state_dict, write_official_encoder
 
 TOL = 1e-4
 

@@ -25,7 +25,9 @@ def test_normalization_constants():
     assert torch.allclose(mochi_core.denormalize_latent(z).flatten(), torch.tensor(LATENTS_MEAN, dtype=torch.float32))
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(1, 4, 1, 2, 2), torch.zeros(12, 1, 2, 2), torch.zeros(1, 12, 1, 2, 2, dtype=torch.int32)])
+@pytest.mark.parametrize(
+    "bad", [torch.zeros(1, 4, 1, 2, 2), torch.zeros(12, 1, 2, 2), torch.zeros(1, 12, 1, 2, 2, dtype=torch.int32)]
+)
 def test_normalization_rejects_bad_shapes(bad):
     with pytest.raises(InvalidInputError, match="latent"):
         mochi_core.normalize_latent(bad)

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from mochi_core.errors import DoesNotFitError, InvalidInputError, MochiInterrupted
-from mochi_core.vae import PeakMemoryTracker, TilePlan, choose_tiles, decode_working_set_bytes, load_vae, min_decode_bytes
+from mochi_core.vae import (
+    PeakMemoryTracker,
+    TilePlan,
+    choose_tiles,
+    decode_working_set_bytes,
+    load_vae,
+    min_decode_bytes,
+)
 from mochi_core.vae.tiling import _axis_weights, axis_tiles
 
 
