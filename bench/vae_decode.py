@@ -20,8 +20,9 @@ import warnings
 import torch
 
 from mochi_core.formats.vae import to_diffusers
+from mochi_core.memory import PeakMemoryTracker
 from mochi_core.testing.vae import random_decoder_state_dict
-from mochi_core.vae import DecoderConfig, PeakMemoryTracker, TilePlan, build_from_state_dict
+from mochi_core.vae import DecoderConfig, TilePlan, build_from_state_dict
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

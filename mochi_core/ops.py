@@ -14,7 +14,7 @@ so weights may live on another device (the offload device) and travel layer by l
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,9 @@ def cast_to(t: torch.Tensor | None, dtype: torch.dtype, device: torch.device) ->
 
 def _check_blocks(shape: tuple[int, ...]) -> tuple[int, int]:
     if len(shape) != 2 or shape[1] % QK:
-        raise InvalidInputError(f"GGUF blocks need a 2-D weight whose input width is a multiple of {QK}; got {tuple(shape)}")
+        raise InvalidInputError(
+            f"GGUF blocks need a 2-D weight whose input width is a multiple of {QK}; got {tuple(shape)}"
+        )
     return int(shape[0]), int(shape[1])
 
 
@@ -175,10 +177,30 @@ class Conv2d(CastWeights, nn.Conv2d):
 
 
 class Conv3d(CastWeights, nn.Conv3d):
-    """``nn.Conv3d`` with cast-on-use weights."""
+    """``nn.Conv3d`` with cast-on-use weights.
+
+    On the CPU in float32 the convolution always goes to oneDNN. ATen's own choice sends small inputs
+    (B·C·T·H <= 20480 with 3x3 kernels) to ``slow_conv3d``, whose im2col buffer is 27 times the input: the VAE's
+    short temporal chunks and small tiles would then need several times the memory the planner predicts, and run
+    slower. Same math either way (differences at float rounding level).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.compute_weight(x.dtype, x.device), self.compute_bias(x.dtype, x.device))
+        weight = self.compute_weight(x.dtype, x.device)
+        bias = self.compute_bias(x.dtype, x.device)
+        if (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.padding_mode == "zeros"
+            and isinstance(self.padding, tuple)
+            and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled
+            and not torch.is_grad_enabled()
+        ):
+            return torch.mkldnn_convolution(
+                x.contiguous(), weight, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups
+            )
+        return self._conv_forward(x, weight, bias)
 
 
 def set_weight(

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .registry import register
-from .validation import check_frames, check_size
+from .validation import check_video_size
 
 
 @register("MochiEmptyLatent", "Mochi Empty Latent Video")
@@ -67,14 +67,12 @@ class MochiEmptyLatent:
     @classmethod
     def VALIDATE_INPUTS(cls, width: int, height: int, frames: int, batch_size: int) -> bool | str:
         try:
-            check_size(width, height)
-            check_frames(frames)
+            check_video_size(width, height, frames)
         except ValueError as exc:
             return str(exc)
         return True
 
     def make(self, width: int, height: int, frames: int, batch_size: int) -> tuple[dict[str, torch.Tensor]]:
-        check_size(width, height)
-        check_frames(frames)
+        check_video_size(width, height, frames)
         t = (frames - 1) // 6 + 1
         return ({"samples": torch.zeros(batch_size, 12, t, height // 8, width // 8)},)

@@ -21,7 +21,7 @@ from . import host
 from .conditioning import conditioning_to_t5
 from .placement import dit_on_device
 from .registry import register
-from .validation import check_frames, check_size
+from .validation import check_video_size
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,8 @@ def _int_or_none(v: Any) -> int | None:
 def check_sampler_inputs(width: Any, height: Any, frames: Any, steps: Any, linear_steps: Any) -> None:
     """Queue-time checks; ValueError names the input and the allowed values. Linked (unknown) values are skipped."""
     w, h, f, s, ls = (_int_or_none(v) for v in (width, height, frames, steps, linear_steps))
-    if w is not None and h is not None:
-        check_size(w, h)
-    if f is not None:
-        check_frames(f)
+    # a linked (unknown) value is replaced by a valid stand-in so the known ones are still checked
+    check_video_size(16 if w is None else w, 16 if h is None else h, 1 if f is None else f)
     if s is not None and s < 1:
         raise ValueError(f"steps={s} is not allowed: steps must be >= 1")
     if s is not None and ls is not None and ls != 0 and not (1 <= ls <= max(1, s - 1)):

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 
-def nearest_valid_frames(frames: int) -> tuple[int, int]:
-    """The 6k+1 frame counts just below and above ``frames``."""
-    below = max(1, ((frames - 1) // 6) * 6 + 1)
-    return below, below + 6
+def check_video_size(width: int, height: int, frames: int) -> None:
+    """Frames 6k+1, width and height positive multiples of 16 (:func:`mochi_core.sampling.validate_size`).
 
+    Raises ValueError (``InvalidInputError``) naming the input and the nearest allowed values.
+    """
+    from mochi_core.sampling import validate_size
 
-def check_frames(frames: int) -> None:
-    if frames < 1 or (frames - 1) % 6:
-        lo, hi = nearest_valid_frames(max(frames, 1))
-        options = f"{lo} or {hi}" if lo != frames else f"{hi}"
-        raise ValueError(
-            f"frames={frames} is not allowed: Mochi needs 6k+1 frames (1, 7, 13, ..., 163); nearest: {options}"
-        )
-
-
-def check_size(width: int, height: int) -> None:
-    for name, value in (("width", width), ("height", height)):
-        if value < 16 or value % 16:
-            lo = max(16, value // 16 * 16)
-            raise ValueError(
-                f"{name}={value} is not allowed: it must be a positive multiple of 16 (nearest: {lo} or {lo + 16})"
-            )
+    validate_size(frames, height, width)
 
 
 def check_model_file(folder: str, name: str, wanted: str, *, alternatives: tuple[str, ...] = ()) -> str:

@@ -19,8 +19,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["ComfyClient", "PromptRejected", "RunResult", "WebSocket"]
 
@@ -135,13 +136,17 @@ class RunResult:
         """Every file an output node reported (images, gifs, videos...), as /view query fields."""
         found = []
         for node_out in self.outputs().values():
-            for kind, items in node_out.items():
+            for items in node_out.values():
                 if not isinstance(items, list):
                     continue
                 for item in items:
                     if isinstance(item, dict) and "filename" in item:
                         found.append(
-                            {"filename": item["filename"], "subfolder": item.get("subfolder", ""), "type": item.get("type", "output")}
+                            {
+                                "filename": item["filename"],
+                                "subfolder": item.get("subfolder", ""),
+                                "type": item.get("type", "output"),
+                            }
                         )
         return found
 
@@ -222,7 +227,7 @@ class ComfyClient:
                     raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
                 try:
                     msg = ws.recv(timeout=min(left, 30.0))
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 if isinstance(msg, bytes):
                     result.previews += 1

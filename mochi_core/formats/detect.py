@@ -6,7 +6,7 @@ message that says what the file is and which loader takes it.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..errors import UnsupportedCheckpointError
 
@@ -96,7 +96,9 @@ def describe(found: dict[str, str]) -> str:
     return ", ".join(f"{name} (key {key!r})" for name, key in found.items())
 
 
-def require_component(keys: Iterable[str], wanted: str, *, path: str, alternatives: Iterable[str] = ()) -> dict[str, str]:
+def require_component(
+    keys: Iterable[str], wanted: str, *, path: str, alternatives: Iterable[str] = ()
+) -> dict[str, str]:
     """Refuse a file that lacks component ``wanted`` (or any of ``alternatives``), naming what it holds instead."""
     ks = list(keys)
     found = components(ks)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 
@@ -107,7 +107,7 @@ class Checkpoint:
         self._handles.clear()
         self._stack.close()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -152,7 +152,9 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     for key, entry in header.items():
         dt = _ST_DTYPES.get(entry.get("dtype"))
         if dt is None:
-            raise UnsupportedCheckpointError(f"{path.name}: tensor {key!r} has unsupported dtype {entry.get('dtype')!r}")
+            raise UnsupportedCheckpointError(
+                f"{path.name}: tensor {key!r} has unsupported dtype {entry.get('dtype')!r}"
+            )
         infos[key] = TensorInfo(dt, tuple(int(s) for s in entry["shape"]), path)
         end = max(end, int(entry["data_offsets"][1]))
     have = size - 8 - hlen

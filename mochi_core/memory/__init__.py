@@ -20,11 +20,12 @@ from .planner import (
     t5_weight_bytes,
 )
 from .streaming import BlockStreamer, StreamingStats, block_nbytes, enable_block_streaming, make_room, move_module
-from .tracking import MemoryReport, track_memory
+from .tracking import MemoryReport, PeakMemoryTracker, track_memory
 
 __all__ = [
     "BlockStreamer",
     "MemoryReport",
+    "PeakMemoryTracker",
     "PhasePeak",
     "Plan",
     "StreamingStats",

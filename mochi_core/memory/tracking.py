@@ -7,6 +7,9 @@ and by the benchmarks. No upstream behaviour is reproduced here; the numbers are
   free of PyTorch's CPU allocator (tensor storages and kernels' internal scratch buffers alike) is an event
   with a signed byte count; the running sum in time order gives live bytes and its maximum the peak.
   On CUDA the allocator's own ``max_memory_allocated`` is used.
+- **storage bytes** (:class:`PeakMemoryTracker`): a ``TorchDispatchMode`` that counts every new tensor
+  storage an operator returns and uncounts it when the storage is freed. It sees tensors only (no kernel
+  scratch buffers) and is cheap; the VAE tiling constants were fitted with it.
 - **RSS**: the kernel's high-water mark ``VmHWM`` is reset through ``/proc/self/clear_refs`` (Linux) at the
   start and read at the end; where that is not allowed a thread samples ``/proc/self/statm`` every 2 ms.
 """
@@ -18,12 +21,16 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-__all__ = ["MemoryReport", "track_memory", "current_rss_bytes", "peak_rss_bytes", "reset_peak_rss"]
+__all__ = ["MemoryReport", "PeakMemoryTracker", "track_memory", "current_rss_bytes", "peak_rss_bytes", "reset_peak_rss"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,3 +176,52 @@ def track_memory(
         if rss:
             report.rss_peak_bytes = sampler.stop() if sampler is not None else peak_rss_bytes()
         logger.debug("memory: %s", report)
+
+
+class PeakMemoryTracker(TorchDispatchMode):
+    """Context manager; ``peak_bytes`` / ``current_bytes`` after (or during) the block.
+
+    device_type: count only storages on this device type ("cpu", "cuda"); None counts all.
+    """
+
+    def __init__(self, device_type: str | None = "cpu") -> None:
+        super().__init__()
+        self.device_type = device_type
+        self.current_bytes = 0
+        self.peak_bytes = 0
+        self._sizes: dict[int, int] = {}
+
+    def _release(self, key: int) -> None:
+        self.current_bytes -= self._sizes.pop(key, 0)
+
+    def _track(self, t: torch.Tensor) -> None:
+        if self.device_type is not None and t.device.type != self.device_type:
+            return
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return
+        key = id(st)
+        size = st.nbytes()
+        old = self._sizes.get(key)
+        if old is None:
+            self._sizes[key] = size
+            self.current_bytes += size
+            weakref.finalize(st, self._release, key)
+        elif old != size:  # resized in place (out= ops)
+            self._sizes[key] = size
+            self.current_bytes += size - old
+        if self.current_bytes > self.peak_bytes:
+            self.peak_bytes = self.current_bytes
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        flat, _ = tree_flatten(out)
+        for t in flat:
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+    def __enter__(self) -> PeakMemoryTracker:
+        super().__enter__()
+        return self

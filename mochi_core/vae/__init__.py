@@ -20,7 +20,6 @@ from .latents import (
 from .layers import add_fourier_features
 from .loader import VAE, build_from_state_dict, load_vae
 from .tiling import TilePlan, choose_tiles, decode_working_set_bytes, min_decode_bytes
-from .tracking import PeakMemoryTracker
 
 __all__ = [
     "VAE",
@@ -34,7 +33,6 @@ __all__ = [
     "choose_tiles",
     "decode_working_set_bytes",
     "min_decode_bytes",
-    "PeakMemoryTracker",
     "normalize_latent",
     "denormalize_latent",
     "latent_preview",

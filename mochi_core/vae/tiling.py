@@ -23,7 +23,7 @@ tile h x w latents, e = element size of the compute dtype:
                          its input, the padded buffer the GroupNorm writes into, and the conv output)
     + one chunk of decoder output and the largest conv weight cast to the compute dtype,
 
-times SAFETY. The constants were fitted to peaks measured with :class:`~.tracking.PeakMemoryTracker`.
+times SAFETY. The constants were fitted to peaks measured with :class:`mochi_core.memory.PeakMemoryTracker`.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -63,7 +63,9 @@ def _wait_ready(client: ComfyClient, proc: subprocess.Popen, log_path: Path, tim
     last_err: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"ComfyUI exited with {proc.returncode} during start-up. Log:\n{log_path.read_text()[-8000:]}")
+            raise RuntimeError(
+                f"ComfyUI exited with {proc.returncode} during start-up. Log:\n{log_path.read_text()[-8000:]}"
+            )
         try:
             client.get_json("/object_info", timeout=10)
             return

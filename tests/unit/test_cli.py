@@ -27,13 +27,14 @@ def t5_tokenizer_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_args(tmp_path_factory, golden_dir, t5_tokenizer_dir) -> list[str]:
+def model_args(tmp_path_factory, t5_tokenizer_dir) -> list[str]:
     from mochi_core.testing.dit import write_dit
+    from mochi_core.testing.vae import random_decoder_state_dict, write_comfy_vae
 
     root = tmp_path_factory.mktemp("cli_models")
     return [
         "--dit", str(write_dit(root / "dit_bf16.safetensors", "comfy_bf16")),
-        "--vae", str(golden_dir / "vae_decoder_tiny.safetensors"),
+        "--vae", str(write_comfy_vae(root / "mochi_vae.safetensors", random_decoder_state_dict(), None)),
         "--t5", str(write_t5(root / "t5xxl_fp8_e4m3fn_scaled.safetensors", "fp8_e4m3fn_scaled")),
         "--tokenizer", str(t5_tokenizer_dir),
     ]  # fmt: skip

@@ -28,15 +28,16 @@ def t5_tokenizer_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, golden_dir) -> dict[str, Path]:
+def models(tmp_path_factory) -> dict[str, Path]:
     from mochi_core.testing.dit import write_dit
+    from mochi_core.testing.vae import random_decoder_state_dict, write_official_decoder
 
     root = tmp_path_factory.mktemp("pipeline")
     return {
         "t5": write_t5(root / "t5_fp16.safetensors", "fp16"),
         "dit": write_dit(root / "dit.safetensors", "official"),
-        # the golden tiny decoder: official key layout, 32-wide stages
-        "vae": golden_dir / "vae_decoder_tiny.safetensors",
+        # a tiny random decoder in the official key layout (32-wide stages)
+        "vae": write_official_decoder(root / "decoder.safetensors", random_decoder_state_dict()),
     }
 
 

@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 import mochi_core
 from mochi_core.errors import InvalidInputError
-from mochi_core.vae import LATENTS_MEAN, LATENTS_STD, PeakMemoryTracker, latent_preview, load_vae
+from mochi_core.memory import PeakMemoryTracker
+from mochi_core.vae import LATENTS_MEAN, LATENTS_STD, latent_preview, load_vae
 
 
 def test_normalization_matches_official_sampler(golden_dir):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mochi_core.errors import DoesNotFitError, InvalidInputError, MochiInterrupted
+from mochi_core.memory import PeakMemoryTracker
 from mochi_core.vae import (
-    PeakMemoryTracker,
     TilePlan,
     choose_tiles,
     decode_working_set_bytes,
