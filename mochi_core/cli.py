@@ -60,6 +60,12 @@ def _add_generate_parser(subparsers: Any) -> None:
     p.add_argument("--vae-storage-dtype", default=None, help="convert VAE weights: bf16, fp16 ...")
     p.add_argument("--attention", default="sdpa", help="DiT attention backend: sdpa, flash, sage")
     p.add_argument("--memory-budget", default=None, help="decode memory budget, e.g. 8GB (tiles to fit)")
+    p.add_argument(
+        "--budget",
+        default=None,
+        help="device memory for the whole job, e.g. 12GB: the planner chooses block streaming, CFG batching and "
+        "decode tiles, and refuses a job that cannot fit before loading anything",
+    )
     p.add_argument("--out", default=None, help="output MP4 path")
     p.add_argument("--frames-dir", default=None, help="also write PNG frames into this folder")
     p.add_argument("--fps", type=int, default=30, help="MP4 frame rate (default 30, Mochi's rate)")
@@ -144,6 +150,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     budget = parse_bytes(args.memory_budget) if args.memory_budget else None
+    job_budget = parse_bytes(args.budget) if args.budget else None
     bars = _Bars(not args.no_progress)
     try:
         result = generate(
@@ -170,6 +177,7 @@ def _run_generate(args: argparse.Namespace) -> int:
             vae_storage_dtype=args.vae_storage_dtype,
             attention=args.attention,
             memory_budget=budget,
+            budget=job_budget,
             callback=bars.sampling,
             decode_progress=bars.decode,
         )

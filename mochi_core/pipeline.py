@@ -6,10 +6,13 @@ Each phase loads its model (when given a path), runs, and releases it before the
 ``torch.cuda.empty_cache``), so peak memory is the largest phase, not the sum. Models passed in as objects are
 used as they are and left to the caller.
 
-Memory-planner hook: ``generate(..., plan=...)`` takes any object; these optional attributes override the
-keyword arguments when present and not None: ``t5_storage_dtype``, ``dit_storage_dtype``, ``dit_load_device``,
-``attention``, ``batch_cfg``, ``memory_budget``, ``tile``; and an optional callable
-``prepare_dit(model, device) -> model`` run after loading the DiT (e.g. to install block streaming).
+Memory planning: ``generate(..., budget=...)`` plans the whole job for the given files with
+:func:`mochi_core.memory.plan_for_files` and refuses it (``DoesNotFitError``, naming the smallest budget that
+fits) before any weight is read. ``generate(..., plan=...)`` takes such a plan, or any object; these optional
+attributes override the keyword arguments when present and not None: ``t5_storage_dtype``, ``t5_load_device``,
+``dit_storage_dtype``, ``dit_load_device``, ``attention``, ``batch_cfg``, ``memory_budget``, ``tile``; and the
+optional callables ``prepare_t5(encoder, device)`` / ``prepare_dit(model, device)`` run after loading (e.g. to
+install block streaming).
 """
 
 from __future__ import annotations
@@ -70,6 +73,61 @@ def _check_number(name: str, value: Any, *, minimum: float) -> float:
     return v
 
 
+def _dtype_name(value: str | torch.dtype | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    names = {
+        torch.float32: "fp32",
+        torch.bfloat16: "bf16",
+        torch.float16: "fp16",
+        torch.float8_e4m3fn: "fp8_e4m3fn",
+        torch.float8_e5m2: "fp8_e5m2",
+    }
+    return names.get(value, str(value))
+
+
+def _plan_job(
+    budget: int | str,
+    dev: torch.device,
+    models: tuple[Any, Any, Any],
+    size: tuple[int, int, int],
+    *,
+    compute_dtype: str | torch.dtype | None,
+    dit_storage: str | torch.dtype | None,
+    t5_storage: str | torch.dtype | None,
+    vae_dtype: str | torch.dtype | None,
+    attention: str,
+    batch_cfg: bool,
+) -> Any:
+    """The planner's choice for ``models`` = (dit, text_encoder, vae) paths at ``size`` = (width, height, frames),
+    or DoesNotFitError before any weight is read."""
+    from .memory.files import plan_for_files
+    from .memory.planner import require_fit
+
+    dit, text_encoder, vae = models
+    if not all(isinstance(m, (str, os.PathLike)) for m in models):
+        raise InvalidInputError("budget= plans from the model files: pass dit, text_encoder and vae as paths")
+    if dev.type not in ("cuda", "cpu"):
+        raise InvalidInputError(f"budget= is planned for cuda or cpu devices, not {dev.type!r}")
+    job = plan_for_files(
+        *size,
+        budget_bytes=budget,
+        dit=dit,
+        text_encoder=text_encoder,
+        vae=vae,
+        device=dev.type,
+        dit_storage=_dtype_name(dit_storage),
+        t5_storage=_dtype_name(t5_storage),
+        vae_dtype=_dtype_name(vae_dtype),
+        compute_dtype=_dtype_name(compute_dtype),
+        attention=attention,
+        batch_cfg=None if batch_cfg else False,
+    )
+    require_fit(job)
+    logger.info("memory plan:\n%s", job.summary())
+    return job
+
+
 def generate(
     prompt: str,
     *,
@@ -100,6 +158,7 @@ def generate(
     attention: str = "sdpa",
     memory_budget: int | None = None,
     tile: Any = None,
+    budget: int | str | None = None,
     plan: Any = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -115,7 +174,8 @@ def generate(
     in fp32. ``*_storage_dtype``: weight storage conversions (None keeps the files' dtypes).
     ``start_latent`` (1, 12, T, H/8, W/8) in DiT (normalized) space with ``denoise`` in (0, 1): video-to-video as
     in :func:`sample` (encode a video with the VAE, then ``normalize_latent``).
-    ``memory_budget`` (bytes) and ``tile`` go to the VAE decode. ``callback(step, total, x0)``, ``should_stop()``
+    ``memory_budget`` (bytes) and ``tile`` go to the VAE decode. ``budget`` (bytes or "12GB"): device memory for
+    the whole job; the planner chooses streaming, CFG batching and decode tiles (paths only; see module docstring). ``callback(step, total, x0)``, ``should_stop()``
     as in :func:`sample` (``should_stop`` is also checked between decode tiles); ``decode_progress`` is passed to
     the VAE decode. Every input is validated before any weight is read.
     """
@@ -139,6 +199,19 @@ def generate(
     if float(denoise) < 1.0 and start_latent is None:
         raise InvalidInputError("denoise < 1 needs a start_latent (video-to-video); use denoise=1.0 for text-to-video")
     dev = torch.device(device)
+    if budget is not None and plan is None:
+        plan = _plan_job(
+            budget,
+            dev,
+            (dit, text_encoder, vae),
+            (width, height, frames),
+            compute_dtype=dtype,
+            dit_storage=dit_storage_dtype,
+            t5_storage=t5_storage_dtype,
+            vae_dtype=vae_dtype,
+            attention=attention,
+            batch_cfg=batch_cfg,
+        )
     batch_cfg = bool(_plan_value(plan, "batch_cfg", batch_cfg))
     memory_budget = _plan_value(plan, "memory_budget", memory_budget)
     tile = _plan_value(plan, "tile", tile)
@@ -153,12 +226,15 @@ def generate(
         load_text_encoder(
             text_encoder,
             tokenizer=tokenizer,
-            device=dev,
+            device=torch.device(_plan_value(plan, "t5_load_device", dev)),
             storage_dtype=_plan_value(plan, "t5_storage_dtype", t5_storage_dtype),
         )
         if owns_t5
         else text_encoder
     )
+    prepare_t5 = _plan_value(plan, "prepare_t5", None)
+    if owns_t5 and callable(prepare_t5):
+        enc = prepare_t5(enc, dev)
     formats["t5"] = getattr(enc, "format_name", "")
     prompts = [prompt, negative_prompt] if needs_uncond else [prompt]
     feat, mask = enc.encode(prompts)
@@ -254,6 +330,8 @@ def generate(
         "formats": formats,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
+    if plan is not None and hasattr(plan, "to_dict"):
+        summary["plan"] = plan.to_dict()
     if dev.type == "cuda" and torch.cuda.is_available():
         summary["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated(dev))
     logger.info("generated %d frames %dx%d in %.1f s", video.shape[0], width, height, timings["total_s"])

@@ -6,6 +6,7 @@ See :mod:`mochi_core.memory.streaming` (issue 7 "Block streaming"), :mod:`mochi_
 
 from __future__ import annotations
 
+from .files import ModelFiles, inspect_model_files, plan_for_files
 from .planner import (
     PhasePeak,
     Plan,
@@ -25,6 +26,7 @@ from .tracking import MemoryReport, PeakMemoryTracker, track_memory
 __all__ = [
     "BlockStreamer",
     "MemoryReport",
+    "ModelFiles",
     "PeakMemoryTracker",
     "PhasePeak",
     "Plan",
@@ -36,9 +38,11 @@ __all__ = [
     "dit_weight_bytes",
     "enable_block_streaming",
     "format_bytes",
+    "inspect_model_files",
     "make_room",
     "move_module",
     "parse_bytes",
+    "plan_for_files",
     "plan",
     "require_fit",
     "t5_weight_bytes",

@@ -179,15 +179,19 @@ class Plan:
     decode_budget_bytes: int
     phases: tuple[PhasePeak, ...]
     notes: tuple[str, ...] = ()
+    #: components ("dit", "t5") whose storage is the file's own (planned from the file; nothing to convert)
+    as_stored: tuple[str, ...] = ()
 
     # -- the attributes `mochi_core.pipeline.generate(plan=...)` reads ------------------------------
     @property
-    def dit_storage_dtype(self) -> str:
-        return self.dit_storage
+    def dit_storage_dtype(self) -> str | None:
+        """Storage conversion for ``load_dit`` (None: keep the file's)."""
+        return None if "dit" in self.as_stored else self.dit_storage
 
     @property
-    def t5_storage_dtype(self) -> str:
-        return self.t5_storage
+    def t5_storage_dtype(self) -> str | None:
+        """Storage conversion for ``load_text_encoder`` (None: keep the file's)."""
+        return None if "t5" in self.as_stored else self.t5_storage
 
     @property
     def memory_budget(self) -> int:

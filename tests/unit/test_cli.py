@@ -98,6 +98,13 @@ def test_main_in_process_reports_errors(model_args, tmp_path, capsys) -> None:
     )
     err = capsys.readouterr().err
     assert rc == 2 and "not a t5 checkpoint" in err.lower()
+    out = tmp_path / "never.mp4"
+    rc = main(
+        ["generate", "--prompt", "x", "--width", "48", "--height", "32", "--frames", "7", "--steps", "1"]
+        + [*model_args, "--device", "cpu", "--budget", "50KB", "--out", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert rc == 3 and "smallest budget that fits" in err and not out.exists()
 
 
 def test_parse_bytes() -> None:

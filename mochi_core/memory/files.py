@@ -1,0 +1,155 @@
+"""Plan a generation for the model files a user actually has: sizes and stored dtypes read from the headers.
+
+:func:`plan_for_files` reads only the safetensors headers of the DiT, T5 and VAE files (no tensor data), infers
+each model's configuration exactly as the loaders do (``DiTConfig.from_shapes``, ``DecoderConfig.from_shapes``,
+:func:`mochi_core.formats.t5.inspect_t5`) and the storage format the weights will have in memory (the file's
+own unless a conversion is asked for), then calls :func:`mochi_core.memory.planner.plan`. So the full model and
+tiny test models are planned the same way, and ``generate(budget=...)`` refuses a job that cannot fit before
+any weight is read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..errors import InvalidInputError
+from ..formats.io import open_checkpoint
+from .estimates import T5Sizes
+from .planner import Plan, plan
+
+__all__ = ["ModelFiles", "inspect_model_files", "plan_for_files"]
+
+PathLike = str | os.PathLike[str]
+
+_FLOAT_NAMES = {
+    torch.float32: "fp32",
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+    torch.float8_e4m3fn: "fp8_e4m3fn",
+    torch.float8_e5m2: "fp8_e5m2",
+}
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What the headers say: model configurations and the storage format of the big linear weights."""
+
+    dit_config: object
+    dit_storage: str
+    t5_sizes: T5Sizes
+    t5_storage: str
+    decoder_config: object
+
+
+def _storage_name(fmt: str, dtype: torch.dtype, what: str) -> str:
+    if fmt in ("q8_0", "q4_0", "scaled_fp8"):
+        return fmt
+    if dtype not in _FLOAT_NAMES:
+        raise InvalidInputError(f"{what}: weights stored as {dtype} cannot be planned")
+    return _FLOAT_NAMES[dtype]
+
+
+def _dit(path: PathLike) -> tuple[object, str]:
+    from ..dit.config import DiTConfig
+    from ..formats.detect import DIT, require_component
+    from ..formats.dit import detect_dit_layout
+
+    with open_checkpoint(path) as ckpt:
+        require_component(ckpt.keys(), DIT, path=str(path))
+        layout = detect_dit_layout(ckpt.infos, source=os.path.basename(str(path)))
+    cfg = DiTConfig.from_shapes({k: s.shape for k, s in layout.sources.items()}, source=str(path))
+    src = layout.sources["blocks.0.mlp_x.w1.weight"]
+    return cfg, _storage_name(src.fmt, src.dtype, "DiT")
+
+
+def _t5(path: PathLike) -> tuple[T5Sizes, str]:
+    from ..formats.t5 import inspect_t5
+
+    with open_checkpoint(path) as ckpt:
+        layout = inspect_t5(ckpt, path=str(path))
+        name = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight"
+        if name not in layout.keys:
+            name = next(k for k in layout.keys if k.startswith("encoder.block.0.") and k.endswith(".weight"))
+        dtype = ckpt.infos[layout.keys[name]].dtype
+    s = layout.shape
+    sizes = T5Sizes(
+        vocab_size=s.vocab_size,
+        d_model=s.d_model,
+        d_kv=s.d_kv,
+        num_heads=s.num_heads,
+        d_ff=s.d_ff,
+        num_layers=s.num_layers,
+        num_buckets=s.num_buckets,
+    )
+    scaled = name in layout.scales and dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+    return sizes, "scaled_fp8" if scaled else _storage_name("plain", dtype, "T5")
+
+
+def _decoder(path: PathLike) -> object:
+    from ..formats.vae import vae_key_map
+    from ..vae.config import DecoderConfig
+
+    with open_checkpoint(path) as ckpt:
+        kmap = vae_key_map(ckpt.keys(), path=str(path))
+        if kmap.decoder is None:
+            raise InvalidInputError(f"{path}: this VAE file holds no decoder; a text-to-video job needs one")
+        shapes = {}
+        for k, srcs in kmap.decoder.items():
+            parts = [ckpt.infos[s].shape for s in srcs]
+            shapes[k] = (sum(p[0] for p in parts), *parts[0][1:]) if len(parts) > 1 else tuple(parts[0])
+    return DecoderConfig.from_shapes(shapes)
+
+
+def inspect_model_files(dit: PathLike, text_encoder: PathLike, vae: PathLike) -> ModelFiles:
+    """Read the three headers (no tensor data); refuses files of the wrong kind like the loaders do."""
+    cfg, dit_storage = _dit(dit)
+    t5_sizes, t5_storage = _t5(text_encoder)
+    return ModelFiles(cfg, dit_storage, t5_sizes, t5_storage, _decoder(vae))
+
+
+def plan_for_files(
+    width: int,
+    height: int,
+    frames: int,
+    *,
+    budget_bytes: int | str,
+    dit: PathLike,
+    text_encoder: PathLike,
+    vae: PathLike,
+    device: str = "cuda",
+    dit_storage: str | None = None,
+    t5_storage: str | None = None,
+    vae_dtype: str | None = None,
+    compute_dtype: str | None = None,
+    attention: str = "sdpa",
+    batch_cfg: bool | None = None,
+) -> Plan:
+    """:func:`~mochi_core.memory.planner.plan` for these files; ``*_storage`` None = as stored in the file.
+
+    ``vae_dtype`` None = the compute dtype's default (bf16 on CUDA, fp32 on CPU). ``batch_cfg`` None lets the
+    planner choose (batched when it fits).
+    """
+    files = inspect_model_files(dit, text_encoder, vae)
+    dev = str(device).split(":")[0]
+    default_compute = "bf16" if dev == "cuda" else "fp32"
+    job = plan(
+        width,
+        height,
+        frames,
+        budget_bytes=budget_bytes,
+        device=dev,
+        dit_storage=dit_storage or files.dit_storage,
+        t5_storage=t5_storage or files.t5_storage,
+        vae_dtype=vae_dtype or default_compute,
+        attention=attention,
+        dit_config=files.dit_config,
+        t5_sizes=files.t5_sizes,
+        decoder_config=files.decoder_config,
+        compute_dtype=compute_dtype,
+        batch_cfg=batch_cfg,
+    )
+    stored = tuple(name for name, asked in (("dit", dit_storage), ("t5", t5_storage)) if asked is None)
+    return replace(job, as_stored=stored)
