@@ -102,6 +102,8 @@ def comfy_host(tmp_path_factory: pytest.TempPathFactory, comfyui_src: Path) -> I
         "--disable-auto-launch",
         "--database-url",
         "sqlite:///:memory:",
+        "--preview-method",
+        "auto",  # so the sampler's latent previews reach /ws as binary frames (tested)
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=app, stdout=log, stderr=subprocess.STDOUT)

@@ -65,6 +65,7 @@ def test_shipped_api_workflow_renders_video(comfy_host, tiny_models, path: Path)
     ticks = [e["data"] for e in result.events if e.get("type") == "progress" and e["data"].get("node") in samplers]
     assert ticks and [t["value"] for t in ticks] == list(range(1, ticks[-1]["max"] + 1))
     assert ticks[-1]["max"] == (STEPS if prompt[samplers[0]]["inputs"].get("denoise", 1.0) >= 1.0 else 1)
+    assert result.previews >= 1  # latent previews of the x0 estimate (server started with --preview-method auto)
     assert comfy_host.alive()
 
 
