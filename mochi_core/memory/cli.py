@@ -1,8 +1,8 @@
 """``python -m mochi_core plan``: print the memory plan of one generation (issue 7 "Planner" CLI).
 
 ``mochi_core/cli.py`` registers the subcommand with :func:`add_plan_parser`; ``python -m mochi_core.memory.cli``
-runs it standalone. Exit status: 0 when the job fits the budget, 2 when it does not (the message names the
-smallest budget that would fit), 1 on bad input.
+runs it standalone. Exit status, as for ``generate``: 0 when the job fits the budget, 3 when it does not (the
+message names the smallest budget that would fit), 2 on bad input.
 """
 
 from __future__ import annotations
@@ -69,13 +69,13 @@ def run_plan(args: argparse.Namespace) -> int:
         )
     except MochiError as exc:
         sys.stderr.write(f"error: {exc}\n")
-        return 1
+        return 2
     sys.stdout.write((result.to_json() if args.json else result.summary()) + "\n")
     try:
         require_fit(result)
     except DoesNotFitError as exc:
         sys.stderr.write(f"does not fit: {exc}\n")
-        return 2
+        return 3
     return 0
 
 

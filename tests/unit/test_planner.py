@@ -189,13 +189,13 @@ def test_cli_plan_json(capsys) -> None:
 def test_cli_refuses_and_names_min_budget(capsys) -> None:
     rc = plan_main(["plan", "--budget", "3GB"])
     captured = capsys.readouterr()
-    assert rc == 2
+    assert rc == 3
     assert "smallest budget that fits" in captured.err
 
 
 def test_cli_bad_budget(capsys) -> None:
     rc = plan_main(["plan", "--budget", "lots"])
-    assert rc == 1 and "budget" in capsys.readouterr().err
+    assert rc == 2 and "budget" in capsys.readouterr().err
 
 
 def test_python_m_mochi_core_plan() -> None:
