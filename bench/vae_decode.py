@@ -14,15 +14,19 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
-from mochi_core.formats.vae import to_diffusers
-from mochi_core.memory import PeakMemoryTracker
-from mochi_core.testing.vae import random_decoder_state_dict
-from mochi_core.vae import DecoderConfig, TilePlan, build_from_state_dict
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mochi_core.formats.vae import to_diffusers  # noqa: E402
+from mochi_core.memory import PeakMemoryTracker  # noqa: E402
+from mochi_core.testing.vae import random_decoder_state_dict  # noqa: E402
+from mochi_core.vae import DecoderConfig, TilePlan, build_from_state_dict  # noqa: E402
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
