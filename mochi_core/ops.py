@@ -85,8 +85,8 @@ def dequantize_q8_0(raw: torch.Tensor, shape: tuple[int, int], dtype: torch.dtyp
     out_f, in_f = shape
     blocks = raw.reshape(out_f, in_f // QK, _Q8_0_BYTES)
     d = blocks[..., :2].contiguous().view(torch.float16).to(dtype)
-    q = blocks[..., 2:].contiguous().view(torch.int8).to(dtype)
-    return (q * d).reshape(out_f, in_f)
+    q = blocks[..., 2:].contiguous().view(torch.int8).to(dtype)  # a fresh buffer: scaled in place
+    return q.mul_(d).reshape(out_f, in_f)
 
 
 def quantize_q4_0(w: torch.Tensor) -> torch.Tensor:
@@ -113,8 +113,8 @@ def dequantize_q4_0(raw: torch.Tensor, shape: tuple[int, int], dtype: torch.dtyp
     blocks = raw.reshape(out_f, in_f // QK, _Q4_0_BYTES)
     d = blocks[..., :2].contiguous().view(torch.float16).to(dtype)
     packed = blocks[..., 2:]
-    q = torch.cat([packed & 0x0F, packed >> 4], dim=-1).to(dtype) - 8.0
-    return (q * d).reshape(out_f, in_f)
+    q = torch.cat([packed & 0x0F, packed >> 4], dim=-1).to(dtype).sub_(8.0)  # fresh buffer, updated in place
+    return q.mul_(d).reshape(out_f, in_f)
 
 
 def quantize_scaled_fp8(w: torch.Tensor, fp8: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +149,7 @@ class CastWeights:
         raw = self.weight.to(device, non_blocking=True) if self.weight.device != device else self.weight
         if fmt == "scaled_fp8":
             scale = cast_to(self._buffers["scale_weight"], dtype, device)  # type: ignore[attr-defined]
-            return raw.to(dtype) * scale
+            return raw.to(dtype, copy=True).mul_(scale)  # one weight-sized buffer, scaled in place
         shape = self.weight_shape
         assert shape is not None
         if fmt == "q8_0":

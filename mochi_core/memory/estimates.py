@@ -162,11 +162,9 @@ def decoder_weight_bytes(config: Any = None, dtype: str = "bf16") -> int:
 
 
 def _cast_factor(storage: str, compute: str) -> int:
-    """Weight-sized temporaries while a Linear casts its weight: 0 (stored in the compute dtype), 1 (plain cast),
-    2 (scaled fp8 / GGUF: the cast and the scaled product exist together)."""
-    if storage == compute:
-        return 0
-    return 2 if storage in ("scaled_fp8", "q8_0", "q4_0") else 1
+    """Weight-sized temporaries while a Linear casts its weight: 0 (stored in the compute dtype), 1 (a cast; scaled
+    fp8 and GGUF scale that buffer in place, ``mochi_core.ops``)."""
+    return 0 if storage == compute else 1
 
 
 def attention_backend(device: str, attention: str, compute_bytes: int, head_dim: int) -> str:
