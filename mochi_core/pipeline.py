@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .errors import InvalidInputError
+from .precision import dtype_name
 from .sampling import linear_quadratic_schedule, make_noise, sample, validate_sigmas, validate_size
 from .text import TextEncoder, load_text_encoder
 from .video import decoded_to_frames
@@ -74,16 +75,7 @@ def _check_number(name: str, value: Any, *, minimum: float) -> float:
 
 
 def _dtype_name(value: str | torch.dtype | None) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    names = {
-        torch.float32: "fp32",
-        torch.bfloat16: "bf16",
-        torch.float16: "fp16",
-        torch.float8_e4m3fn: "fp8_e4m3fn",
-        torch.float8_e5m2: "fp8_e5m2",
-    }
-    return names.get(value, str(value))
+    return value if value is None or isinstance(value, str) else dtype_name(value)
 
 
 def _plan_job(
@@ -175,9 +167,9 @@ def generate(
     ``start_latent`` (1, 12, T, H/8, W/8) in DiT (normalized) space with ``denoise`` in (0, 1): video-to-video as
     in :func:`sample` (encode a video with the VAE, then ``normalize_latent``).
     ``memory_budget`` (bytes) and ``tile`` go to the VAE decode. ``budget`` (bytes or "12GB"): device memory for
-    the whole job; the planner chooses streaming, CFG batching and decode tiles (paths only; see module docstring). ``callback(step, total, x0)``, ``should_stop()``
-    as in :func:`sample` (``should_stop`` is also checked between decode tiles); ``decode_progress`` is passed to
-    the VAE decode. Every input is validated before any weight is read.
+    the whole job; the planner chooses streaming, CFG batching and decode tiles (paths only; see module docstring).
+    ``callback(step, total, x0)``, ``should_stop()`` as in :func:`sample` (``should_stop`` is also checked between
+    decode tiles); ``decode_progress`` is passed to the VAE decode. Every input is validated before any weight is read.
     """
     t_start = time.perf_counter()
     if not isinstance(prompt, str) or not isinstance(negative_prompt, str):

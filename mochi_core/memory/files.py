@@ -17,20 +17,13 @@ import torch
 
 from ..errors import InvalidInputError
 from ..formats.io import open_checkpoint
+from ..precision import STORAGE_DTYPES, dtype_name
 from .estimates import T5Sizes
 from .planner import Plan, plan
 
 __all__ = ["ModelFiles", "inspect_model_files", "plan_for_files"]
 
 PathLike = str | os.PathLike[str]
-
-_FLOAT_NAMES = {
-    torch.float32: "fp32",
-    torch.bfloat16: "bf16",
-    torch.float16: "fp16",
-    torch.float8_e4m3fn: "fp8_e4m3fn",
-    torch.float8_e5m2: "fp8_e5m2",
-}
 
 
 @dataclass(frozen=True)
@@ -47,9 +40,9 @@ class ModelFiles:
 def _storage_name(fmt: str, dtype: torch.dtype, what: str) -> str:
     if fmt in ("q8_0", "q4_0", "scaled_fp8"):
         return fmt
-    if dtype not in _FLOAT_NAMES:
+    if dtype not in STORAGE_DTYPES.values():
         raise InvalidInputError(f"{what}: weights stored as {dtype} cannot be planned")
-    return _FLOAT_NAMES[dtype]
+    return dtype_name(dtype)
 
 
 def _dit(path: PathLike) -> tuple[object, str]:
