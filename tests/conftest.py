@@ -12,9 +12,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _golden_dir() -> Path:
+    """``$MOCHI_GOLDEN_DIR``, else the first ``shared/golden`` beside the checkout or beside one of its parents
+    (a clone placed deeper than the usual ``<project>/main``), else ``<project>/shared/golden`` for the message."""
     env = os.environ.get("MOCHI_GOLDEN_DIR")
     if env:
         return Path(env)
+    for parent in REPO_ROOT.parents:
+        candidate = parent / "shared" / "golden"
+        if (candidate / "manifest.json").exists():
+            return candidate
     return REPO_ROOT.parent / "shared" / "golden"
 
 
