@@ -1,4 +1,6 @@
 # Two set-up commands (see README): `make test` and `make demo`. Both set up everything on a fresh machine.
+# bash, not /bin/sh: `lint` sources scripts/setup_env.sh, a bash script (pipefail, BASH_SOURCE).
+SHELL := /bin/bash
 .PHONY: test demo lint setup
 
 test:

@@ -2,7 +2,8 @@
 
 Reproduces the settings of genmoai/mochi ``demos/cli.py`` (848x480, 64 steps, cfg 6.0, 30 fps MP4; mochi-spec.md
 §3.4) without a graph; see README "CLI". Errors the user can cause are printed as one line (no stack trace) with
-exit status 2 (bad input or checkpoint), 3 (does not fit), 130 (interrupted) or 1 (other pack errors).
+exit status 2 (bad input or checkpoint), 3 (does not fit), 130 (interrupted) or 1 (other pack errors, e.g. an MP4
+that could not be written: its frames are then saved as PNG files and the message says where).
 """
 
 from __future__ import annotations
@@ -11,24 +12,33 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DoesNotFitError, InvalidInputError, MochiError, MochiInterrupted, UnsupportedCheckpointError
+from .errors import (
+    DoesNotFitError,
+    InvalidInputError,
+    MochiError,
+    MochiInterrupted,
+    OutputWriteError,
+    UnsupportedCheckpointError,
+)
 
 __all__ = ["main", "build_parser", "parse_bytes"]
 
 logger = logging.getLogger(__name__)
 
 
-def parse_bytes(text: str) -> int:
-    """'20GB' -> 20e9, '18GiB' -> 18 * 2**30, '123456' -> bytes: the planner's parser (one rule for every command)."""
-    from .memory.planner import parse_bytes as _parse
+def parse_bytes(text: str, *, name: str = "--budget") -> int:
+    """'20GB' -> 20e9, '18GiB' -> 18 * 2**30, '123456' -> bytes: the planner's parser (one rule for every command);
+    an error names the option ``name`` (e.g. ``--memory-budget``)."""
+    from .checks import parse_bytes as _parse
 
-    return _parse(text)
+    return _parse(text, name=name)
 
 
 def _add_generate_parser(subparsers: Any) -> None:
@@ -67,9 +77,14 @@ def _add_generate_parser(subparsers: Any) -> None:
         "decode tiles, and refuses a job that cannot fit before loading anything",
     )
     p.add_argument("--out", default=None, help="output MP4 path")
-    p.add_argument("--frames-dir", default=None, help="also write PNG frames into this folder")
+    p.add_argument(
+        "--frames-dir",
+        default=None,
+        help="also write PNG frames into this folder (if writing the MP4 fails, the frames are written as PNG "
+        "here, or beside the MP4 in <name>_frames/, and the exit status is 1)",
+    )
     p.add_argument("--fps", type=int, default=30, help="MP4 frame rate (default 30, Mochi's rate)")
-    p.add_argument("--crf", type=int, default=18, help="H.264 quality (lower is better; default 18)")
+    p.add_argument("--crf", type=int, default=18, help="H.264 quality 0..51 (lower is better; default 18)")
     p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log loading details")
@@ -135,22 +150,73 @@ class _Bars:
             bar.close()
 
 
+def _check_folder(folder: Path, option: str) -> None:
+    """``folder`` is an existing writable folder, or can be created in the nearest existing one."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InvalidInputError(f"{option} {str(folder)!r}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"{option} {str(folder)!r}: the folder {str(existing)!r} is not writable")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Output options, checked before any model loads: a finished render must have somewhere to go."""
+    if args.out is None and args.frames_dir is None:
+        raise InvalidInputError("give --out video.mp4 and/or --frames-dir DIR")
+    if args.out is not None:
+        out = Path(args.out)
+        if out.suffix.lower() != ".mp4":
+            raise InvalidInputError(f"--out {args.out!r}: the output must be an .mp4 file")
+        if out.is_dir():
+            raise InvalidInputError(f"--out {args.out!r} is a folder; give a file name ending in .mp4")
+        _check_folder(out.parent, "--out")
+    if args.frames_dir is not None:
+        _check_folder(Path(args.frames_dir), "--frames-dir")
+    from .video import check_mp4_options
+
+    check_mp4_options(args.fps, args.crf, names=("--fps", "--crf"))
+
+
+def _write_outputs(args: argparse.Namespace, frames: Any) -> dict[str, Any]:
+    """Write the MP4 and/or the PNG frames; if the MP4 fails, the frames still end up on disk as PNG files and an
+    :class:`OutputWriteError` says where."""
+    from .video import write_mp4, write_png_frames
+
+    outputs: dict[str, Any] = {}
+    if args.out is not None:
+        try:
+            outputs["mp4"] = str(write_mp4(args.out, frames, fps=args.fps, crf=args.crf))
+        # any writer failure (PyAV missing, codec or container error, disk): the render must not be lost
+        except Exception as exc:
+            out = Path(args.out)
+            png_dir = Path(args.frames_dir) if args.frames_dir is not None else out.with_name(f"{out.stem}_frames")
+            pngs = write_png_frames(png_dir, frames)
+            raise OutputWriteError(
+                f"writing {args.out} failed ({type(exc).__name__}: {exc}); the {len(pngs)} frames were written as "
+                f"PNG files to {png_dir} instead"
+            ) from exc
+    if args.frames_dir is not None:
+        pngs = write_png_frames(args.frames_dir, frames)
+        outputs["png_dir"] = str(Path(args.frames_dir))
+        outputs["png_count"] = len(pngs)
+    return outputs
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     import torch
 
+    from .devices import check_device
     from .pipeline import generate
-    from .video import write_mp4, write_png_frames
 
-    if args.out is None and args.frames_dir is None:
-        raise InvalidInputError("give --out video.mp4 and/or --frames-dir DIR")
-    if args.out is not None and Path(args.out).suffix.lower() != ".mp4":
-        raise InvalidInputError(f"--out {args.out!r}: the output must be an .mp4 file")
-    if args.fps < 1:
-        raise InvalidInputError(f"--fps {args.fps}: must be >= 1")
+    _check_outputs(args)
+    if args.device is not None:
+        check_device(args.device, what="--device")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
-    budget = parse_bytes(args.memory_budget) if args.memory_budget else None
-    job_budget = parse_bytes(args.budget) if args.budget else None
+    budget = parse_bytes(args.memory_budget, name="--memory-budget") if args.memory_budget else None
+    job_budget = parse_bytes(args.budget, name="--budget") if args.budget else None
     bars = _Bars(not args.no_progress)
     try:
         result = generate(
@@ -185,13 +251,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         bars.close()
     summary = dict(result.summary)
     summary.pop("sigmas", None)
-    outputs: dict[str, Any] = {}
-    if args.out is not None:
-        outputs["mp4"] = str(write_mp4(args.out, result.frames, fps=args.fps, crf=args.crf))
-    if args.frames_dir is not None:
-        pngs = write_png_frames(args.frames_dir, result.frames)
-        outputs["png_dir"] = str(Path(args.frames_dir))
-        outputs["png_count"] = len(pngs)
+    outputs = _write_outputs(args, result.frames)
     summary["fps"] = args.fps
     summary["outputs"] = outputs
     if args.json:

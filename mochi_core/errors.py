@@ -13,6 +13,7 @@ __all__ = [
     "DoesNotFitError",
     "MochiInterrupted",
     "MissingBackendError",
+    "OutputWriteError",
 ]
 
 
@@ -42,3 +43,7 @@ class MochiInterrupted(MochiError, RuntimeError):
 
 class MissingBackendError(MochiError, RuntimeError):
     """An optional backend (flash-attn, SageAttention, PyAV) was asked for but is not installed."""
+
+
+class OutputWriteError(MochiError, OSError):
+    """Writing a result file failed; the message says what was saved instead (e.g. PNG frames for a failed MP4)."""

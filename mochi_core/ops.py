@@ -5,6 +5,7 @@ style.md "inject operations"). A weight can be held as:
 
 - ``plain``: any floating dtype (fp32, bf16, fp16, fp8_e4m3fn, fp8_e5m2); cast to the input's dtype;
 - ``scaled_fp8``: Comfy's scaled fp8 — an fp8 weight and an fp32 scalar ``scale_weight``; W = W_fp8 * scale;
+  the product is formed in fp32 and rounded once to the compute dtype (GGUF block scales likewise);
 - ``q8_0`` / ``q4_0``: GGUF-style blocks of 32 values in a uint8 tensor of shape (out, in/32*34) or
   (out, in/32*18) with an fp16 scale per block (kijai's GGUF-in-safetensors layout).
 
@@ -84,9 +85,9 @@ def dequantize_q8_0(raw: torch.Tensor, shape: tuple[int, int], dtype: torch.dtyp
     """Inverse of :func:`quantize_q8_0`: (out, in/32*34) uint8 -> (out, in) ``dtype``."""
     out_f, in_f = shape
     blocks = raw.reshape(out_f, in_f // QK, _Q8_0_BYTES)
-    d = blocks[..., :2].contiguous().view(torch.float16).to(dtype)
-    q = blocks[..., 2:].contiguous().view(torch.int8).to(dtype)  # a fresh buffer: scaled in place
-    return q.mul_(d).reshape(out_f, in_f)
+    d = blocks[..., :2].contiguous().view(torch.float16).to(torch.float32)  # scales stay fp32 (exact from fp16)
+    q = blocks[..., 2:].contiguous().view(torch.int8).to(dtype)  # a fresh buffer (int8 is exact in bf16/fp16)
+    return q.mul_(d).reshape(out_f, in_f)  # product in fp32, rounded once to ``dtype``
 
 
 def quantize_q4_0(w: torch.Tensor) -> torch.Tensor:
@@ -111,10 +112,10 @@ def dequantize_q4_0(raw: torch.Tensor, shape: tuple[int, int], dtype: torch.dtyp
     """Inverse of :func:`quantize_q4_0`: (out, in/32*18) uint8 -> (out, in) ``dtype``; w = d * (nibble - 8)."""
     out_f, in_f = shape
     blocks = raw.reshape(out_f, in_f // QK, _Q4_0_BYTES)
-    d = blocks[..., :2].contiguous().view(torch.float16).to(dtype)
+    d = blocks[..., :2].contiguous().view(torch.float16).to(torch.float32)  # scales stay fp32 (exact from fp16)
     packed = blocks[..., 2:]
-    q = torch.cat([packed & 0x0F, packed >> 4], dim=-1).to(dtype).sub_(8.0)  # fresh buffer, updated in place
-    return q.mul_(d).reshape(out_f, in_f)
+    q = torch.cat([packed & 0x0F, packed >> 4], dim=-1).to(dtype).sub_(8.0)  # fresh buffer (small ints: exact)
+    return q.mul_(d).reshape(out_f, in_f)  # product in fp32, rounded once to ``dtype``
 
 
 def quantize_scaled_fp8(w: torch.Tensor, fp8: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +141,7 @@ class CastWeights:
     bias: torch.Tensor | None
     weight_format: str = "plain"
     weight_shape: tuple[int, ...] | None = None
+    scale_value: float = 1.0  # scaled fp8: the fp32 ``scale_weight`` as a Python float (no device sync per use)
 
     def compute_weight(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The weight as a ``dtype`` tensor on ``device``, whatever its storage format."""
@@ -148,8 +150,9 @@ class CastWeights:
             return cast_to(self.weight, dtype, device)
         raw = self.weight.to(device, non_blocking=True) if self.weight.device != device else self.weight
         if fmt == "scaled_fp8":
-            scale = cast_to(self._buffers["scale_weight"], dtype, device)  # type: ignore[attr-defined]
-            return raw.to(dtype, copy=True).mul_(scale)  # one weight-sized buffer, scaled in place
+            # fp8 -> bf16/fp16/fp32 is exact; the fp32 scale goes in as a Python scalar, so the product is formed in
+            # fp32 (opmath) and rounded once to ``dtype``, never with a scale already rounded to ``dtype``
+            return raw.to(dtype, copy=True).mul_(self.scale_value)  # one weight-sized buffer, scaled in place
         shape = self.weight_shape
         assert shape is not None
         if fmt == "q8_0":
@@ -225,9 +228,15 @@ def set_weight(
     if fmt == "scaled_fp8":
         if scale is None:
             raise InvalidInputError("scaled_fp8 weights need a scale_weight")
-        module.register_buffer("scale_weight", scale.reshape(()).to(torch.float32), persistent=True)
-    elif "scale_weight" in module._buffers:
-        del module._buffers["scale_weight"]
+        if scale.numel() != 1:
+            raise InvalidInputError(f"scale_weight must be a single value; got shape {tuple(scale.shape)}")
+        scale32 = scale.reshape(()).to(torch.float32)
+        module.register_buffer("scale_weight", scale32, persistent=True)
+        module.scale_value = float(scale32)
+    else:
+        if "scale_weight" in module._buffers:
+            del module._buffers["scale_weight"]
+        module.scale_value = 1.0
 
 
 def cast_modules(model: nn.Module) -> Iterator[tuple[str, CastWeights]]:

@@ -11,8 +11,13 @@ Memory planning: ``generate(..., budget=...)`` plans the whole job for the given
 fits) before any weight is read. ``generate(..., plan=...)`` takes such a plan, or any object; these optional
 attributes override the keyword arguments when present and not None: ``t5_storage_dtype``, ``t5_load_device``,
 ``dit_storage_dtype``, ``dit_load_device``, ``attention``, ``batch_cfg``, ``memory_budget``, ``tile``; and the
-optional callables ``prepare_t5(encoder, device)`` / ``prepare_dit(model, device)`` run after loading (e.g. to
-install block streaming).
+optional callables ``prepare_t5(encoder, device)`` / ``prepare_dit(model, device)`` run after the pipeline loaded
+that model from a path (e.g. to install block streaming); a model passed in keeps its own placement.
+
+Every argument is checked before any weight is read (:func:`mochi_core.sampling.check_sampling_args` for the
+sampler's; :mod:`mochi_core.devices`, :mod:`mochi_core.precision` and :mod:`mochi_core.checks` for devices, dtypes,
+budgets and model arguments). When a phase fails, the model it loaded is released before the error propagates
+(the exception's finished frames are cleared, so a caught error does not keep it alive).
 """
 
 from __future__ import annotations
@@ -21,16 +26,28 @@ import gc
 import logging
 import os
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .checks import check_callable, check_model_arg, check_positive_bytes, check_storage_dtype
+from .devices import check_device
 from .errors import InvalidInputError
-from .precision import dtype_name
-from .sampling import linear_quadratic_schedule, make_noise, sample, validate_sigmas, validate_size
-from .text import TextEncoder, load_text_encoder
+from .precision import check_compute_dtype, dtype_name
+from .sampling import (
+    SamplingArgs,
+    check_sampling_args,
+    check_seed,
+    check_start_latent,
+    latent_shape,
+    make_noise,
+    sample,
+    validate_size,
+)
+from .text import T5Tokenizer, TextEncoder, find_tokenizer, load_text_encoder
 from .video import decoded_to_frames
 
 __all__ = ["GenerationResult", "generate", "release_memory"]
@@ -38,6 +55,7 @@ __all__ = ["GenerationResult", "generate", "release_memory"]
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
+Conditioning = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -57,6 +75,17 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def _drop_frames(exc: BaseException) -> None:
+    """Clear the locals of the finished frames of ``exc``'s traceback (and of its causes), so that a caller holding
+    the exception does not keep alive the model a failed phase loaded. Messages and traceback lines stay."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        traceback.clear_frames(cur.__traceback__)
+        cur = cur.__cause__ or cur.__context__
+
+
 def _plan_value(plan: Any, name: str, default: Any) -> Any:
     if plan is None:
         return default
@@ -64,18 +93,90 @@ def _plan_value(plan: Any, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _check_number(name: str, value: Any, *, minimum: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{name}={value!r} is not a number; {name} must be >= {minimum:g}") from exc
-    if not (v >= minimum) or v == float("inf"):
-        raise InvalidInputError(f"{name}={value!r} is not allowed: {name} must be a finite number >= {minimum:g}")
-    return v
-
-
 def _dtype_name(value: str | torch.dtype | None) -> str | None:
     return value if value is None or isinstance(value, str) else dtype_name(value)
+
+
+def _check_decode_choice(memory_budget: int | None, tile: Any) -> None:
+    """The decode takes a memory budget (tiles planned from it) or explicit tiles, not both."""
+    if memory_budget is not None and tile is not None:
+        raise InvalidInputError(
+            "tile= cannot be combined with memory_budget= or budget= (which sets the decode budget): pass one"
+        )
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What :func:`_check_inputs` established: the device, the sampler settings and which models are paths."""
+
+    dev: torch.device
+    sampling: SamplingArgs
+    owns_t5: bool
+    owns_dit: bool
+    owns_vae: bool
+
+
+def _check_inputs(
+    prompt: str,
+    negative_prompt: str,
+    size: tuple[int, int, int],
+    models: tuple[Any, Any, Any],
+    *,
+    tokenizer: Any,
+    sampling: dict[str, Any],
+    seed: int,
+    batch_cfg: Any,
+    start_latent: Any,
+    device: Any,
+    dtypes: dict[str, Any],
+    attention: str,
+    memory_budget: Any,
+    tile: Any,
+    callbacks: dict[str, Any],
+) -> _Checked:
+    """Every argument of :func:`generate`, cheapest first; model paths are checked last (they only must exist)."""
+    if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
+        raise InvalidInputError("prompt and negative_prompt must be strings")
+    width, height, frames = size
+    validate_size(frames, height, width)
+    args = check_sampling_args(**sampling, has_start_latent=start_latent is not None)
+    check_seed(seed)
+    if not isinstance(batch_cfg, bool):
+        raise InvalidInputError(f"batch_cfg={batch_cfg!r} is not allowed: use True or False")
+    if start_latent is not None:
+        # generate() renders one video: batch 1, the latent size of (frames, height, width)
+        check_start_latent(start_latent, (1, *latent_shape(frames, height, width)))
+    dev = check_device(device, what="device")
+    check_compute_dtype("dtype", dtypes["dtype"], device=dev)
+    check_compute_dtype("vae_dtype", dtypes["vae_dtype"], device=dev)
+    check_storage_dtype(dtypes["dit_storage_dtype"], name="dit_storage_dtype", quantized=("q8_0", "q4_0"))
+    check_storage_dtype(dtypes["t5_storage_dtype"], name="t5_storage_dtype")
+    from .vae.loader import check_vae_storage_dtype
+
+    check_vae_storage_dtype(dtypes["vae_storage_dtype"], what="vae_storage_dtype")
+    from .dit.attention import check_backend
+
+    check_backend(attention)
+    check_positive_bytes(memory_budget, name="memory_budget")
+    if tile is not None:
+        from .vae.tiling import TilePlan
+
+        TilePlan.parse(tile)
+    _check_decode_choice(memory_budget, tile)
+    for name, fn in callbacks.items():
+        check_callable(fn, name=name)
+    dit, text_encoder, vae = models
+    owns_t5 = check_model_arg(text_encoder, name="text_encoder", method="encode", loader="load_text_encoder")
+    owns_dit = check_model_arg(dit, name="dit", method=None, loader="load_dit")
+    owns_vae = check_model_arg(vae, name="vae", method="decode", loader="load_vae")
+    if tokenizer is not None and not owns_t5:
+        raise InvalidInputError(
+            "tokenizer= is used only when text_encoder is a path; a loaded text_encoder keeps the tokenizer it was "
+            "loaded with (load_text_encoder(..., tokenizer=...)): drop tokenizer= or pass the T5 path"
+        )
+    if owns_t5 and not isinstance(tokenizer, T5Tokenizer):
+        find_tokenizer(tokenizer)  # a missing tokenizer is refused now, not after planning
+    return _Checked(dev, args, owns_t5, owns_dit, owns_vae)
 
 
 def _plan_job(
@@ -120,6 +221,127 @@ def _plan_job(
     return job
 
 
+def _encode_phase(
+    text_encoder: PathLike | TextEncoder,
+    owns: bool,
+    prompts: list[str],
+    *,
+    tokenizer: Any,
+    dev: torch.device,
+    plan: Any,
+    t5_storage_dtype: str | torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """T5 features and mask of ``prompts``, and the file format; a T5 loaded here is released, also on failure."""
+    enc: Any = None
+    try:
+        if owns:
+            enc = load_text_encoder(
+                text_encoder,
+                tokenizer=tokenizer,
+                device=torch.device(_plan_value(plan, "t5_load_device", dev)),
+                storage_dtype=_plan_value(plan, "t5_storage_dtype", t5_storage_dtype),
+            )
+            prepare_t5 = _plan_value(plan, "prepare_t5", None)
+            if callable(prepare_t5):
+                enc = prepare_t5(enc, dev)
+        else:
+            enc = text_encoder
+        fmt = str(getattr(enc, "format_name", ""))
+        feat, mask = enc.encode(prompts)
+    except BaseException as exc:
+        if owns:
+            _drop_frames(exc)
+        raise
+    finally:
+        del enc
+        if owns:
+            release_memory(dev)
+    return feat, mask, fmt
+
+
+def _sampling_phase(
+    dit: PathLike | torch.nn.Module,
+    owns: bool,
+    conds: tuple[Conditioning, Conditioning | None],
+    *,
+    dev: torch.device,
+    plan: Any,
+    load: dict[str, Any],
+    noise: torch.Tensor,
+    sampling: SamplingArgs,
+    sample_kwargs: dict[str, Any],
+    timings: dict[str, float],
+) -> tuple[torch.Tensor, str]:
+    """The final latent (DiT space) and the DiT's format; a DiT loaded here gets the plan's ``prepare_dit`` and is
+    released afterwards, also on failure or interrupt. A DiT passed in is used as it is."""
+    model: Any = None
+    t0 = time.perf_counter()
+    try:
+        if owns:
+            from .dit import load_dit
+
+            model = load_dit(dit, device=torch.device(_plan_value(plan, "dit_load_device", dev)), **load)
+            prepare = _plan_value(plan, "prepare_dit", None)
+            if callable(prepare):
+                model = prepare(model, dev)
+        else:
+            model = dit
+        fmt = str(getattr(model, "checkpoint_format", ""))
+        timings["dit_load_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        latent = sample(
+            model,
+            noise,
+            *conds,
+            steps=sampling.steps,
+            cfg=sampling.cfg,
+            sigmas=list(sampling.sigmas),
+            cfg_schedule=list(sampling.cfgs),
+            denoise=sampling.denoise,
+            **sample_kwargs,
+        )
+    except BaseException as exc:
+        if owns:
+            _drop_frames(exc)
+        raise
+    finally:
+        del model
+        if owns:
+            release_memory(dev)
+    timings["sampling_s"] = time.perf_counter() - t0
+    return latent, fmt
+
+
+def _decode_phase(
+    vae: PathLike | Any,
+    owns: bool,
+    latent: torch.Tensor,
+    *,
+    dev: torch.device,
+    load: dict[str, Any],
+    decode_kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """Frames (F, H, W, 3) float32 in [0, 1] on the CPU. The decoded video leaves the device as soon as the decode
+    returns, so the device never holds its float32 / clamped / re-laid-out copies; a VAE loaded here is released."""
+    from .vae import denormalize_latent, load_vae
+
+    decoder: Any = None
+    try:
+        decoder = load_vae(vae, device=dev, **load) if owns else vae
+        decoded = decoder.decode(denormalize_latent(latent), **decode_kwargs)
+        video = decoded[0].cpu()
+        del decoded
+    except BaseException as exc:
+        if owns:
+            _drop_frames(exc)
+        raise
+    finally:
+        del decoder
+        if owns:
+            release_memory(dev)
+    return decoded_to_frames(video)
+
+
 def generate(
     prompt: str,
     *,
@@ -159,44 +381,64 @@ def generate(
     """Generate one video from ``prompt``; returns a :class:`GenerationResult`.
 
     ``dit`` / ``vae`` / ``text_encoder``: checkpoint paths (loaded, used and released phase by phase) or loaded
-    objects (``load_dit`` / ``load_vae`` / ``load_text_encoder`` results). ``width``, ``height`` (multiples of 16),
-    ``frames`` (6k + 1), ``steps`` (>= 1), ``cfg`` (>= 0; 1 skips the unconditional pass), ``seed`` (CPU noise,
-    see :func:`make_noise`), ``sigmas`` / ``cfg_schedule`` (explicit per-step lists) as in :func:`sample`.
-    ``dtype`` / ``vae_dtype``: DiT / VAE compute dtypes (default fp32 on CPU, bf16 on CUDA); T5 always computes
-    in fp32. ``*_storage_dtype``: weight storage conversions (None keeps the files' dtypes).
+    objects (``load_dit`` / ``load_vae`` / ``load_text_encoder`` results), which are used as they are (no plan
+    hook touches them) and left to the caller. ``tokenizer``: only with a ``text_encoder`` path (see
+    :func:`~mochi_core.text.find_tokenizer`); given with a loaded encoder it is refused, since that encoder keeps
+    its own. ``width``, ``height`` (multiples of 16), ``frames`` (6k + 1), ``steps`` (>= 1), ``cfg`` (>= 0; 1 skips
+    the unconditional pass), ``seed`` (integer in [0, 2**64), CPU noise, see :func:`make_noise`), ``sigmas`` /
+    ``cfg_schedule`` (explicit per-step lists) as in :func:`sample`.
+    ``device``: "cpu", "cuda", "cuda:N" or "mps" (refused when not available). ``dtype`` / ``vae_dtype``: DiT / VAE
+    compute dtypes (fp32, bf16, fp16; default fp32 on CPU, bf16 on CUDA); T5 always computes in fp32.
+    ``*_storage_dtype``: weight storage conversions (None keeps the files' dtypes). ``attention``: sdpa, flash, sage.
     ``start_latent`` (1, 12, T, H/8, W/8) in DiT (normalized) space with ``denoise`` in (0, 1): video-to-video as
     in :func:`sample` (encode a video with the VAE, then ``normalize_latent``).
-    ``memory_budget`` (bytes) and ``tile`` go to the VAE decode. ``budget`` (bytes or "12GB"): device memory for
-    the whole job; the planner chooses streaming, CFG batching and decode tiles (paths only; see module docstring).
-    ``callback(step, total, x0)``, ``should_stop()`` as in :func:`sample` (``should_stop`` is also checked between
-    decode tiles); ``decode_progress`` is passed to the VAE decode. Every input is validated before any weight is read.
+    ``memory_budget`` (positive int, bytes) or ``tile`` (not both) go to the VAE decode. ``budget`` (bytes or
+    "12GB"): device memory for the whole job; the planner chooses streaming, CFG batching and decode tiles (paths
+    only; see module docstring). ``callback(step, total, x0)``, ``should_stop()`` as in :func:`sample`
+    (``should_stop`` is also checked between decode tiles); ``decode_progress`` is passed to the VAE decode.
+    Every input is validated before any weight is read; errors are :class:`InvalidInputError` naming the argument.
     """
     t_start = time.perf_counter()
-    if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
-        raise InvalidInputError("prompt and negative_prompt must be strings")
-    validate_size(frames, height, width)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InvalidInputError(f"steps={steps!r} is not allowed: steps must be an integer >= 1")
-    cfg_value = _check_number("cfg", cfg, minimum=0.0)
-    cfgs = [cfg_value] * steps if cfg_schedule is None else [_check_number("cfg", c, minimum=0.0) for c in cfg_schedule]
-    if len(cfgs) != steps:
-        raise InvalidInputError(f"cfg_schedule has {len(cfgs)} entries; it needs one per step ({steps})")
-    sched = (
-        validate_sigmas(sigmas, steps)
-        if sigmas is not None
-        else linear_quadratic_schedule(steps, threshold_noise, linear_steps)
+    size = (width, height, frames)
+    models = (dit, text_encoder, vae)
+    job = _check_inputs(
+        prompt,
+        negative_prompt,
+        size,
+        models,
+        tokenizer=tokenizer,
+        sampling={
+            "steps": steps,
+            "cfg": cfg,
+            "threshold_noise": threshold_noise,
+            "linear_steps": linear_steps,
+            "sigmas": sigmas,
+            "cfg_schedule": cfg_schedule,
+            "denoise": denoise,
+        },
+        seed=seed,
+        batch_cfg=batch_cfg,
+        start_latent=start_latent,
+        device=device,
+        dtypes={
+            "dtype": dtype,
+            "vae_dtype": vae_dtype,
+            "dit_storage_dtype": dit_storage_dtype,
+            "t5_storage_dtype": t5_storage_dtype,
+            "vae_storage_dtype": vae_storage_dtype,
+        },
+        attention=attention,
+        memory_budget=memory_budget,
+        tile=tile,
+        callbacks={"callback": callback, "should_stop": should_stop, "decode_progress": decode_progress},
     )
-    if isinstance(denoise, bool) or not isinstance(denoise, (int, float)) or not (0.0 < float(denoise) <= 1.0):
-        raise InvalidInputError(f"denoise={denoise!r} is not allowed: it must be in (0, 1]")
-    if float(denoise) < 1.0 and start_latent is None:
-        raise InvalidInputError("denoise < 1 needs a start_latent (video-to-video); use denoise=1.0 for text-to-video")
-    dev = torch.device(device)
+    dev, args = job.dev, job.sampling
     if budget is not None and plan is None:
         plan = _plan_job(
             budget,
             dev,
-            (dit, text_encoder, vae),
-            (width, height, frames),
+            models,
+            size,
             compute_dtype=dtype,
             dit_storage=dit_storage_dtype,
             t5_storage=t5_storage_dtype,
@@ -205,102 +447,63 @@ def generate(
             batch_cfg=batch_cfg,
         )
     batch_cfg = bool(_plan_value(plan, "batch_cfg", batch_cfg))
-    memory_budget = _plan_value(plan, "memory_budget", memory_budget)
+    memory_budget = check_positive_bytes(_plan_value(plan, "memory_budget", memory_budget), name="memory_budget")
     tile = _plan_value(plan, "tile", tile)
-    needs_uncond = any(c != 1.0 for c in cfgs)
+    _check_decode_choice(memory_budget, tile)
+    needs_uncond = args.needs_uncond
     timings: dict[str, float] = {}
     formats: dict[str, str] = {}
 
     # -- phase 1: T5 -------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    owns_t5 = isinstance(text_encoder, (str, os.PathLike))
-    enc = (
-        load_text_encoder(
-            text_encoder,
-            tokenizer=tokenizer,
-            device=torch.device(_plan_value(plan, "t5_load_device", dev)),
-            storage_dtype=_plan_value(plan, "t5_storage_dtype", t5_storage_dtype),
-        )
-        if owns_t5
-        else text_encoder
-    )
-    prepare_t5 = _plan_value(plan, "prepare_t5", None)
-    if owns_t5 and callable(prepare_t5):
-        enc = prepare_t5(enc, dev)
-    formats["t5"] = getattr(enc, "format_name", "")
     prompts = [prompt, negative_prompt] if needs_uncond else [prompt]
-    feat, mask = enc.encode(prompts)
+    feat, mask, formats["t5"] = _encode_phase(
+        text_encoder, job.owns_t5, prompts, tokenizer=tokenizer, dev=dev, plan=plan, t5_storage_dtype=t5_storage_dtype
+    )
     positive = (feat[:1], mask[:1])
     negative = (feat[1:2], mask[1:2]) if needs_uncond else None
-    del enc, feat, mask
-    if owns_t5:
-        release_memory(dev)
+    del feat, mask
     timings["text_encoding_s"] = time.perf_counter() - t0
 
     # -- phase 2: DiT sampling -----------------------------------------------------------------------
-    t0 = time.perf_counter()
-    owns_dit = isinstance(dit, (str, os.PathLike))
-    if owns_dit:
-        from .dit import load_dit
-
-        model = load_dit(
-            dit,
-            device=torch.device(_plan_value(plan, "dit_load_device", dev)),
-            dtype=dtype,
-            storage_dtype=_plan_value(plan, "dit_storage_dtype", dit_storage_dtype),
-            attention=_plan_value(plan, "attention", attention),
-        )
-    else:
-        model = dit
-    prepare = _plan_value(plan, "prepare_dit", None)
-    if callable(prepare):
-        model = prepare(model, dev)
-    formats["dit"] = str(getattr(model, "checkpoint_format", ""))
-    timings["dit_load_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    noise = make_noise(seed, frames=frames, height=height, width=width, device=dev)
-    try:
-        latent = sample(
-            model,
-            noise,
-            positive,
-            negative,
-            steps=steps,
-            cfg=cfg_value,
-            sigmas=sched,
-            cfg_schedule=cfgs,
-            batch_cfg=batch_cfg,
-            start_latent=start_latent,
-            denoise=denoise,
-            callback=callback,
-            should_stop=should_stop,
-        )
-    finally:  # also on interrupt: a traceback must not keep the DiT alive
-        del model, noise, positive, negative
-        if owns_dit:
-            release_memory(dev)
-    timings["sampling_s"] = time.perf_counter() - t0
+    latent, formats["dit"] = _sampling_phase(
+        dit,
+        job.owns_dit,
+        (positive, negative),
+        dev=dev,
+        plan=plan,
+        load={
+            "dtype": dtype,
+            "storage_dtype": _plan_value(plan, "dit_storage_dtype", dit_storage_dtype),
+            "attention": _plan_value(plan, "attention", attention),
+        },
+        noise=make_noise(seed, frames=frames, height=height, width=width, device=dev),
+        sampling=args,
+        sample_kwargs={
+            "batch_cfg": batch_cfg,
+            "start_latent": start_latent,
+            "callback": callback,
+            "should_stop": should_stop,
+        },
+        timings=timings,
+    )
+    del positive, negative
 
     # -- phase 3: VAE decode -------------------------------------------------------------------------
     t0 = time.perf_counter()
-    from .vae import denormalize_latent, load_vae
-
-    owns_vae = isinstance(vae, (str, os.PathLike))
-    decoder = load_vae(vae, device=dev, dtype=vae_storage_dtype, compute_dtype=vae_dtype) if owns_vae else vae
-    try:
-        decoded = decoder.decode(
-            denormalize_latent(latent),
-            memory_budget=memory_budget,
-            tile=tile,
-            progress=decode_progress,
-            should_stop=should_stop,
-        )
-        video = decoded_to_frames(decoded)[0].cpu()
-        del decoded
-    finally:
-        del decoder
-        if owns_vae:
-            release_memory(dev)
+    video = _decode_phase(
+        vae,
+        job.owns_vae,
+        latent,
+        dev=dev,
+        load={"dtype": vae_storage_dtype, "compute_dtype": vae_dtype},
+        decode_kwargs={
+            "memory_budget": memory_budget,
+            "tile": tile,
+            "progress": decode_progress,
+            "should_stop": should_stop,
+        },
+    )
     timings["decode_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 
@@ -313,10 +516,10 @@ def generate(
         "frames": int(video.shape[0]),
         "fps": 30,
         "steps": steps,
-        "cfg": cfg_value if cfg_schedule is None else cfgs,
-        "sigmas": sched,
+        "cfg": args.cfg if cfg_schedule is None else list(args.cfgs),
+        "sigmas": list(args.sigmas),
         "batch_cfg": batch_cfg and needs_uncond,
-        "denoise": float(denoise),
+        "denoise": args.denoise,
         "device": str(dev),
         "latent_shape": list(latent.shape),
         "formats": formats,

@@ -1,29 +1,46 @@
 """The one precision policy of the pack.
 
 Rules (mochi-spec.md §2.4, style.md "one precision policy"):
-- Matmuls (Linear, Conv) run in the *compute dtype*: float32 on CPU, bfloat16 on CUDA by default.
+- Matmuls (Linear, Conv) run in the *compute dtype*: float32 on CPU, bfloat16 on CUDA by default (float32 with a
+  logged warning on a GPU without native bf16: Mochi is unstable in fp16). :func:`check_compute_dtype` is the one
+  validation of a user's compute dtype for every model (DiT, VAE, T5); fp8 is a storage dtype, never a compute dtype.
 - Norms (RMSNorm, LayerNorm, GroupNorm statistics), RoPE angles and rotation products, adaLN modulation,
   tanh gates, timestep sinusoids, the CFG combination and the Euler update run in float32.
 - Weights are *stored* in a storage dtype (any of :data:`STORAGE_DTYPES`, or quantized) and cast on use,
   layer by layer (see :mod:`mochi_core.ops`).
 - Layers matched by :data:`HIGH_PRECISION_PATTERNS` are never converted to a lower storage dtype by us
-  (embedders, norms, final layer, ``pos_frequencies``); when a file already stores them low, we keep them as stored.
+  (embedders, norms, final layer, ``pos_frequencies``); when a file already stores them low, we keep them as stored
+  (fp8 is upgraded to float32).
+- fp8 is only for matmul weights (``*.weight``), which carry a per-tensor scale. Biases and every other tensor are
+  never held in fp8: an fp8 request stores them in :data:`FP8_FALLBACK_DTYPE` (bfloat16) or narrower as stored.
+- Scales (scaled-fp8 ``scale_weight``, GGUF block scales) are applied in float32 and the product is rounded once to
+  the compute dtype (:mod:`mochi_core.ops`).
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
 
 import torch
 
 from .errors import InvalidInputError
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "STORAGE_DTYPES",
     "HIGH_PRECISION_PATTERNS",
     "FLOAT8_DTYPES",
+    "FP8_FALLBACK_DTYPE",
+    "COMPUTE_DTYPES",
     "default_compute_dtype",
+    "supports_bf16",
+    "check_compute_dtype",
     "parse_dtype",
     "keeps_high_precision",
     "storage_dtype_for",
+    "holds_fp8",
     "dtype_name",
 ]
 
@@ -37,6 +54,12 @@ STORAGE_DTYPES: dict[str, torch.dtype] = {
 }
 
 FLOAT8_DTYPES: tuple[torch.dtype, ...] = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+#: Dtypes a model may *compute* in (matmul dtype), by name. fp8 is storage only.
+COMPUTE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: Storage of a non-weight tensor (bias) when fp8 storage is requested: fp8 has no scale for it.
+FP8_FALLBACK_DTYPE: torch.dtype = torch.bfloat16
 
 _ALIASES = {
     "float32": "fp32",
@@ -62,10 +85,77 @@ HIGH_PRECISION_PATTERNS: tuple[str, ...] = (
 )
 
 
-def default_compute_dtype(device: torch.device | str) -> torch.dtype:
-    """float32 on CPU (no fast bf16 on AVX2 machines), bfloat16 on CUDA."""
+def supports_bf16(device: torch.device | str) -> bool:
+    """True when ``device`` computes bf16 natively: on CUDA from compute capability 8.0 (Ampere) on, as told by
+    ``torch.cuda.is_bf16_supported`` (emulation not counted); True for other devices, and for "cuda" on a machine
+    without CUDA (planning for a GPU elsewhere; loaders refuse such a device before asking)."""
     dev = torch.device(device)
-    return torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return True
+
+    def ask() -> bool:
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # torch builds whose signature has no including_emulation
+            return bool(torch.cuda.is_bf16_supported())
+
+    if dev.index is None:
+        return ask()
+    with torch.cuda.device(dev.index):
+        return ask()
+
+
+def default_compute_dtype(device: torch.device | str) -> torch.dtype:
+    """float32 on CPU (no fast bf16 on AVX2 machines), bfloat16 on CUDA.
+
+    A CUDA GPU without native bf16 (pre-Ampere) gets float32 and a logged warning, not fp16: Mochi's activations
+    overflow fp16.
+    """
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return torch.float32
+    if supports_bf16(dev):
+        return torch.bfloat16
+    logger.warning(
+        "%s has no native bf16 support (pre-Ampere GPU); computing in fp32 instead (fp16 is unstable for Mochi). "
+        "This is slower and needs twice the activation memory; pass dtype='fp32' to silence this warning.",
+        dev,
+    )
+    return torch.float32
+
+
+def check_compute_dtype(
+    what: str,
+    dtype: str | torch.dtype | None,
+    *,
+    device: torch.device | str = "cpu",
+    allowed: Iterable[str] = tuple(COMPUTE_DTYPES),
+) -> torch.dtype:
+    """The one validation of a compute dtype, for every model loader.
+
+    ``what`` names the argument in messages (``"dtype"``, ``"compute_dtype"``); ``dtype`` is a torch dtype, a name
+    (fp32, bf16, fp16, or torch's float32 / bfloat16 / float16) or None / "auto" for :func:`default_compute_dtype`
+    of ``device``; ``allowed`` restricts the names (T5: ``("fp32", "bf16")``). fp8 and anything else is refused with
+    :class:`InvalidInputError` naming ``what`` and the allowed values.
+    """
+    requested_names = tuple(allowed)
+    names = [n for n in requested_names if n in COMPUTE_DTYPES]
+    if not names:  # a programming error of the caller, not a user input
+        raise ValueError(f"allowed must name compute dtypes among {', '.join(COMPUTE_DTYPES)}; got {requested_names}")
+    hint = f"allowed: {', '.join(names)} or 'auto'"
+    try:
+        parsed = parse_dtype(dtype, what=what)
+    except InvalidInputError:
+        raise InvalidInputError(f"{what}={dtype!r} cannot be a compute dtype; {hint}") from None
+    if parsed is None:  # the device's default, or float32 where the caller does not allow that default
+        parsed = default_compute_dtype(device)
+        if dtype_name(parsed) not in names:
+            parsed = torch.float32 if "fp32" in names else COMPUTE_DTYPES[names[0]]
+        return parsed
+    if dtype_name(parsed) not in names:
+        extra = " (fp8 is a storage dtype: use it as storage_dtype)" if parsed in FLOAT8_DTYPES else ""
+        raise InvalidInputError(f"{what}={dtype_name(parsed)} cannot be a compute dtype{extra}; {hint}")
+    return parsed
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -96,16 +186,29 @@ def keeps_high_precision(key: str) -> bool:
     return any(p in key for p in HIGH_PRECISION_PATTERNS)
 
 
+def holds_fp8(key: str) -> bool:
+    """True when the tensor ``key`` may be held in fp8: a matmul weight (``*.weight``) off the skip list.
+
+    Biases, norms and everything else never are: an fp8 value without a scale loses too much.
+    """
+    return key.endswith(".weight") and not keeps_high_precision(key)
+
+
 def storage_dtype_for(key: str, stored: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
     """Storage dtype for one tensor: as stored unless a conversion was requested and the key is not skipped.
 
-    Skipped (high-precision) keys keep their stored dtype, upgraded to float32 when stored in fp8.
+    Skipped (high-precision) keys keep their stored dtype, upgraded to float32 when stored in fp8. A tensor that
+    may not hold fp8 (:func:`holds_fp8`: biases, ...) never gets it: stored or requested fp8 becomes
+    :data:`FP8_FALLBACK_DTYPE`, and an fp8 request keeps a 16-bit stored tensor as it is.
     Non-floating tensors (quantized bytes, masks) always keep their dtype.
     """
     if not stored.is_floating_point:
         return stored
-    if requested is None:
-        return stored
     if keeps_high_precision(key):
-        return torch.float32 if stored in FLOAT8_DTYPES else stored
-    return requested
+        return torch.float32 if stored in FLOAT8_DTYPES and requested is not None else stored
+    want = stored if requested is None else requested
+    if want in FLOAT8_DTYPES and not holds_fp8(key):
+        if stored in FLOAT8_DTYPES or stored.itemsize > FP8_FALLBACK_DTYPE.itemsize:
+            return FP8_FALLBACK_DTYPE
+        return stored
+    return want

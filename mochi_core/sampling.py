@@ -20,8 +20,10 @@ Differences from the official code, on purpose:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -29,6 +31,10 @@ from .errors import InvalidInputError, MochiInterrupted
 
 __all__ = [
     "LATENT_CHANNELS",
+    "SamplingArgs",
+    "check_sampling_args",
+    "check_seed",
+    "check_start_latent",
     "linear_quadratic_schedule",
     "latent_shape",
     "make_noise",
@@ -115,9 +121,178 @@ def _check_steps(steps: int) -> None:
         raise InvalidInputError(f"steps={steps!r} is not allowed: steps must be an integer >= 1")
 
 
+def _finite_number(name: str, value: Any, *, minimum: float) -> float:
+    """``value`` as a float that is finite and >= ``minimum``, or InvalidInputError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInputError(f"{name}={value!r} is not a number; {name} must be a finite number >= {minimum:g}")
+    v = float(value)
+    if not math.isfinite(v) or v < minimum:
+        raise InvalidInputError(f"{name}={value!r} is not allowed: {name} must be a finite number >= {minimum:g}")
+    return v
+
+
+def check_seed(seed: int) -> int:
+    """A noise seed is an integer in [0, 2**64)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed < 2**64):
+        raise InvalidInputError(f"seed={seed!r} is not allowed: use an integer in [0, 2**64)")
+    return seed
+
+
+def _cfg_list(cfg_schedule: Sequence[float] | torch.Tensor, steps: int) -> list[float]:
+    if isinstance(cfg_schedule, torch.Tensor):
+        if cfg_schedule.dim() != 1:
+            raise InvalidInputError(f"cfg_schedule must be 1-D (one value per step); got {tuple(cfg_schedule.shape)}")
+        values: list[Any] = cfg_schedule.tolist()
+    elif isinstance(cfg_schedule, (str, bytes, dict)) or not isinstance(cfg_schedule, Sequence):
+        raise InvalidInputError(
+            f"cfg_schedule must be a list of numbers, one per step ({steps}); got {type(cfg_schedule).__name__}"
+        )
+    else:
+        values = list(cfg_schedule)
+    if len(values) != steps:
+        raise InvalidInputError(f"cfg_schedule has {len(values)} entries; it needs one per step ({steps})")
+    return [_finite_number("cfg", c, minimum=0.0) for c in values]
+
+
+@dataclass(frozen=True)
+class SamplingArgs:
+    """Checked sampling settings (see :func:`check_sampling_args`).
+
+    ``sigmas``: steps + 1 floats from the schedule or the caller; ``cfgs``: one guidance scale per step; ``cfg``:
+    the scalar ``cfg`` argument; ``denoise`` in (0, 1]; ``first``: index of the first step that runs.
+    """
+
+    steps: int
+    sigmas: tuple[float, ...]
+    cfgs: tuple[float, ...]
+    cfg: float
+    denoise: float
+    first: int
+
+    @property
+    def needs_uncond(self) -> bool:
+        """True when some step runs the unconditional pass (cfg != 1)."""
+        return any(c != 1.0 for c in self.cfgs)
+
+
+def check_sampling_args(
+    *,
+    steps: int,
+    cfg: float,
+    threshold_noise: float = 0.025,
+    linear_steps: int | None = None,
+    sigmas: Sequence[float] | torch.Tensor | None = None,
+    cfg_schedule: Sequence[float] | torch.Tensor | None = None,
+    denoise: float = 1.0,
+    has_start_latent: bool = False,
+) -> SamplingArgs:
+    """The one check of the sampler's scalar arguments, shared by :func:`sample` and ``pipeline.generate``.
+
+    ``steps`` >= 1; ``cfg`` a finite number >= 0 (always checked, even when ``cfg_schedule`` replaces it);
+    ``sigmas`` (steps + 1 values strictly decreasing to 0) or else the linear-quadratic schedule from
+    ``threshold_noise`` and ``linear_steps`` (which are then unused when ``sigmas`` is given); ``cfg_schedule``
+    one finite value >= 0 per step; ``denoise`` in (0, 1], below 1 only with a start latent. Raises
+    :class:`InvalidInputError` naming the argument; no tensor work.
+    """
+    _check_steps(steps)
+    cfg_value = _finite_number("cfg", cfg, minimum=0.0)
+    if sigmas is None:
+        sched = linear_quadratic_schedule(steps, threshold_noise, linear_steps)
+    else:
+        sched = validate_sigmas(sigmas, steps)
+    cfgs = [cfg_value] * steps if cfg_schedule is None else _cfg_list(cfg_schedule, steps)
+    if isinstance(denoise, bool) or not isinstance(denoise, (int, float)) or not (0.0 < float(denoise) <= 1.0):
+        raise InvalidInputError(f"denoise={denoise!r} is not allowed: it must be in (0, 1]")
+    if float(denoise) < 1.0 and not has_start_latent:
+        raise InvalidInputError("denoise < 1 needs a start_latent (video-to-video); use denoise=1.0 for text-to-video")
+    return SamplingArgs(
+        steps=steps,
+        sigmas=tuple(sched),
+        cfgs=tuple(cfgs),
+        cfg=cfg_value,
+        denoise=float(denoise),
+        first=_start_index(sched, float(denoise)),
+    )
+
+
+def check_start_latent(start_latent: Any, shape: Sequence[int]) -> torch.Tensor:
+    """A start latent must be a finite floating tensor (1 or B, 12, T, H, W) matching ``shape`` (B, 12, T, H, W),
+    the shape of the noise it is mixed with (DiT space: ``normalize_latent(vae.encode(video))``)."""
+    want = tuple(int(s) for s in shape)
+    batches = "1" if want[0] == 1 else f"1 or {want[0]}"
+    need = f"({batches}, {', '.join(str(s) for s in want[1:])})"
+    if not isinstance(start_latent, torch.Tensor):
+        raise InvalidInputError(f"start_latent must be a torch.Tensor {need}; got {type(start_latent).__name__}")
+    got = tuple(start_latent.shape)
+    if start_latent.dim() != 5 or got[1:] != want[1:] or got[0] not in (1, want[0]):
+        raise InvalidInputError(
+            f"start_latent has shape {got}; it must be {need} (batch, 12 channels, latent frames, height/8, width/8) "
+            "to match the video size and noise"
+        )
+    if not start_latent.is_floating_point():
+        raise InvalidInputError(f"start_latent must be a floating tensor; got {start_latent.dtype}")
+    if not bool(torch.isfinite(start_latent).all()):
+        raise InvalidInputError("start_latent contains NaN or inf values")
+    return start_latent
+
+
+def _check_noise(noise: Any) -> torch.Tensor:
+    if not isinstance(noise, torch.Tensor):
+        raise InvalidInputError(
+            f"noise must be a torch.Tensor (B, 12, T, H, W) (see make_noise); got {type(noise).__name__}"
+        )
+    if noise.dim() != 5 or noise.shape[1] != LATENT_CHANNELS or 0 in noise.shape:
+        raise InvalidInputError(f"noise must be (B, 12, T, H, W) with every size >= 1, got {tuple(noise.shape)}")
+    if not noise.is_floating_point():
+        raise InvalidInputError(f"noise must be a floating tensor; got {noise.dtype}")
+    if noise.shape[-1] % 2 or noise.shape[-2] % 2:
+        raise InvalidInputError(
+            f"latent height and width must be even (pixel size a multiple of 16); got {tuple(noise.shape)}"
+        )
+    return noise
+
+
+def _check_callables(dit: Any, callback: Any, should_stop: Any, batch_cfg: Any) -> None:
+    if not callable(dit):
+        raise InvalidInputError(f"dit must be a callable model (load_dit); got {type(dit).__name__}")
+    for name, fn in (("callback", callback), ("should_stop", should_stop)):
+        if fn is not None and not callable(fn):
+            raise InvalidInputError(f"{name} must be callable or None; got {type(fn).__name__}")
+    if not isinstance(batch_cfg, bool):
+        raise InvalidInputError(f"batch_cfg={batch_cfg!r} is not allowed: use True or False")
+
+
 # ----------------------------------------------------------------------------------------------
 # Schedule and noise
 # ----------------------------------------------------------------------------------------------
+
+
+def _linear_steps(linear_steps: int | None, steps: int) -> int:
+    """L = ``linear_steps`` (1..max(1, steps - 1)) or steps // 2 when None."""
+    if linear_steps is None:
+        return steps // 2
+    top = max(1, steps - 1)
+    if isinstance(linear_steps, bool) or not isinstance(linear_steps, int) or not (1 <= linear_steps <= top):
+        raise InvalidInputError(
+            f"linear_steps={linear_steps!r} is not allowed with steps={steps}: use 1..{top} or None (= steps // 2)"
+        )
+    return linear_steps
+
+
+def _check_schedule(sigmas: list[float], tau: float, lin: int, steps: int) -> None:
+    """Refuse a schedule that is not strictly decreasing within [0, 1] (too large a ``threshold_noise``).
+
+    The quadratic part rises monotonically to 1 exactly when its slope at ``steps`` is >= 0, i.e.
+    tau <= 2 L / (steps + L); the computed values are checked, the bound is the advice.
+    """
+    for i in range(steps):
+        if not (1.0 >= sigmas[i] > sigmas[i + 1] >= 0.0):
+            bound = math.floor(2 * lin / (steps + lin) * 1e4) / 1e4
+            raise InvalidInputError(
+                f"threshold_noise={tau!r} is too large for steps={steps}, linear_steps={lin}: the schedule would not "
+                f"decrease from 1 to 0 (sigma[{i}]={sigmas[i]:.6g}, sigma[{i + 1}]={sigmas[i + 1]:.6g}); use "
+                f"threshold_noise <= {bound:g} or more linear_steps"
+            )
 
 
 def linear_quadratic_schedule(
@@ -126,20 +301,20 @@ def linear_quadratic_schedule(
     """steps + 1 sigmas from 1.0 down to 0.0 (mochi-spec.md §3.2), as Python floats (float64).
 
     With u = 1 - sigma: u_i = i * tau / L for i < L (L = ``linear_steps``, default steps // 2), then the quadratic
-    a i^2 + b i + c through (L, tau) and (steps, 1). ``steps == 1`` gives [1.0, 0.0].
+    a i^2 + b i + c through (L, tau) and (steps, 1). ``steps == 1`` gives [1.0, 0.0] (``linear_steps`` None or 1).
+    A ``threshold_noise`` so large that the quadratic overshoots 1 (sigmas not strictly decreasing, or negative)
+    is refused with the largest value that works.
     """
     _check_steps(steps)
+    if isinstance(threshold_noise, bool) or not isinstance(threshold_noise, (int, float)):
+        raise InvalidInputError(f"threshold_noise={threshold_noise!r} is not a number; it must be in (0, 1)")
     tau = float(threshold_noise)
     if not (0.0 < tau < 1.0):
         raise InvalidInputError(f"threshold_noise={threshold_noise!r} is not allowed: it must be in (0, 1)")
+    lin = _linear_steps(linear_steps, steps)
     if steps == 1:
         return [1.0, 0.0]
     n = steps
-    lin = n // 2 if linear_steps is None else linear_steps
-    if isinstance(lin, bool) or not isinstance(lin, int) or not (1 <= lin <= n - 1):
-        raise InvalidInputError(
-            f"linear_steps={linear_steps!r} is not allowed with steps={steps}: use 1..{n - 1} or None"
-        )
     u = [i * tau / lin for i in range(lin)]
     d = lin - tau * n
     q = n - lin
@@ -148,7 +323,9 @@ def linear_quadratic_schedule(
     c = a * (lin**2)
     u += [a * (i**2) + b * i + c for i in range(lin, n)]
     u.append(1.0)
-    return [1.0 - x for x in u]
+    sigmas = [1.0 - x for x in u]
+    _check_schedule(sigmas, tau, lin, steps)
+    return sigmas
 
 
 def make_noise(
@@ -160,8 +337,7 @@ def make_noise(
     CUDA, so the same seed gives other noise there. The result is moved to ``device`` after drawing, so a seed
     gives the same noise on every device.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed < 2**64):
-        raise InvalidInputError(f"seed={seed!r} is not allowed: use an integer in [0, 2**64)")
+    check_seed(seed)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InvalidInputError(f"batch={batch!r} is not allowed: use an integer >= 1")
     shape = (batch, *latent_shape(frames, height, width))
@@ -174,19 +350,45 @@ def make_noise(
 # ----------------------------------------------------------------------------------------------
 
 
-def _cond(c: Conditioning, batch: int, name: str, device: torch.device) -> Conditioning:
+def _cond(c: Any, batch: int, name: str, device: torch.device) -> Conditioning:
+    """Check a (feat (1 or B, L, D) float, mask (1 or B, L) bool/int) pair; returns it expanded to ``batch``."""
     if not isinstance(c, (tuple, list)) or len(c) != 2:
-        raise InvalidInputError(f"{name} must be a (feat (B, L, D), mask (B, L)) pair")
+        raise InvalidInputError(f"{name} must be a (feat (B, L, D), mask (B, L)) pair; got {type(c).__name__}")
     feat, mask = c
-    if feat.dim() != 3 or mask.dim() != 2 or feat.shape[:2] != mask.shape:
+    if not isinstance(feat, torch.Tensor) or not isinstance(mask, torch.Tensor):
+        raise InvalidInputError(
+            f"{name}: feat and mask must be tensors (TextEncoder.encode); got "
+            f"({type(feat).__name__}, {type(mask).__name__})"
+        )
+    if feat.dim() != 3 or mask.dim() != 2 or feat.shape[:2] != mask.shape or 0 in feat.shape:
         raise InvalidInputError(
             f"{name}: feat must be (B, L, D) and mask (B, L); got {tuple(feat.shape)}, {tuple(mask.shape)}"
         )
+    if not feat.is_floating_point():
+        raise InvalidInputError(f"{name}: feat must be a floating tensor; got {feat.dtype}")
+    if mask.is_floating_point() or mask.is_complex():
+        raise InvalidInputError(f"{name}: mask must be a bool (or integer 0/1) tensor; got {mask.dtype}")
     if feat.shape[0] not in (1, batch):
-        raise InvalidInputError(f"{name}: batch {feat.shape[0]} does not match the noise batch {batch}")
+        raise InvalidInputError(
+            f"{name}: batch {feat.shape[0]} does not match the noise batch {batch} (use 1 or {batch})"
+        )
     feat = feat.to(device=device, dtype=torch.float32).expand(batch, -1, -1)
     mask = mask.to(device=device, dtype=torch.bool).expand(batch, -1)
     return feat, mask
+
+
+def _check_feature_width(dit: Any, pos: Conditioning, neg: Conditioning | None) -> None:
+    widths = {"positive": pos[0].shape[2]} | ({} if neg is None else {"negative": neg[0].shape[2]})
+    if neg is not None and widths["positive"] != widths["negative"]:
+        raise InvalidInputError(
+            f"positive and negative features have different widths ({widths['positive']} vs {widths['negative']})"
+        )
+    want = getattr(getattr(dit, "config", None), "t5_feat_dim", None)
+    if isinstance(want, int) and widths["positive"] != want:
+        raise InvalidInputError(
+            f"positive has {widths['positive']} features per token but this DiT expects {want} (its T5 width): "
+            "encode the prompts with the T5 that matches the DiT"
+        )
 
 
 def _pad_to(c: Conditioning, length: int) -> Conditioning:
@@ -198,7 +400,7 @@ def _pad_to(c: Conditioning, length: int) -> Conditioning:
     return feat, torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1)
 
 
-def _start_index(sigmas: list[float], denoise: float) -> int:
+def _start_index(sigmas: Sequence[float], denoise: float) -> int:
     """First schedule index whose sigma <= denoise (at least one step is kept)."""
     if denoise >= 1.0:
         return 0
@@ -228,44 +430,36 @@ def sample(
 ) -> torch.Tensor:
     """Run the Mochi CFG Euler sampler; returns the final latent (B, 12, T, H, W) float32 in DiT space.
 
-    - ``noise`` (B, 12, T, H, W): eps (see :func:`make_noise`); ``positive`` / ``negative``: (feat (1 or B, L, D),
-      mask (1 or B, L) bool) as returned by ``TextEncoder.encode``; ``negative`` may be None when every cfg is 1.
+    - ``noise`` (B, 12, T, H, W) floating tensor: eps (see :func:`make_noise`); ``positive`` / ``negative``:
+      (feat (1 or B, L, D) float, mask (1 or B, L) bool) as returned by ``TextEncoder.encode``, D equal to the
+      DiT's ``config.t5_feat_dim`` when it has one; ``negative`` may be None when every cfg is 1.
     - ``sigmas``: explicit schedule (steps + 1 values strictly decreasing to 0), else
       ``linear_quadratic_schedule(steps, threshold_noise, linear_steps)``; ``cfg_schedule``: one value per step,
       else ``[cfg] * steps``. A step whose cfg is exactly 1 runs the conditional pass only.
     - ``start_latent`` (B or 1, 12, T, H, W), DiT space, with ``denoise`` in (0, 1]: sampling starts at the first
-      schedule point with sigma <= denoise, from z = (1 - sigma) start + sigma noise, so fewer steps run.
+      schedule point with sigma <= denoise, from z = (1 - sigma) start + sigma noise, so fewer steps run
+      (with ``denoise`` 1 the start latent is checked but unused).
     - ``batch_cfg``: cond and uncond in one DiT call of batch 2B (default) or two calls of batch B.
     - ``callback(step, total, x0)`` after every step (step counts from 0; x0 = z + sigma v, the current estimate of
       the clean latent, DiT space); ``should_stop()`` before every step: True raises :class:`MochiInterrupted`.
+
+    Every argument is checked (:func:`check_sampling_args` and the tensor checks) before the DiT is first called.
     """
-    _check_steps(steps)
-    if sigmas is None:
-        sched = linear_quadratic_schedule(steps, threshold_noise, linear_steps)
-    else:
-        sched = validate_sigmas(sigmas, steps)
-    if cfg_schedule is None:
-        try:
-            cfg_value = float(cfg)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"cfg={cfg!r} is not a number; cfg must be >= 0") from exc
-        cfgs = [cfg_value] * steps
-    else:
-        cfgs = [float(c) for c in cfg_schedule]
-        if len(cfgs) != steps:
-            raise InvalidInputError(f"cfg_schedule has {len(cfgs)} entries; it needs one per step ({steps})")
-    bad = [c for c in cfgs if not (c >= 0.0) or c != c or c == float("inf")]
-    if bad:
-        raise InvalidInputError(f"cfg={bad[0]!r} is not allowed: cfg must be a finite number >= 0")
-    if isinstance(denoise, bool) or not isinstance(denoise, (int, float)) or not (0.0 < float(denoise) <= 1.0):
-        raise InvalidInputError(f"denoise={denoise!r} is not allowed: it must be in (0, 1]")
-    if noise.dim() != 5 or noise.shape[1] != LATENT_CHANNELS:
-        raise InvalidInputError(f"noise must be (B, 12, T, H, W), got {tuple(noise.shape)}")
-    if noise.shape[-1] % 2 or noise.shape[-2] % 2:
-        raise InvalidInputError(
-            f"latent height and width must be even (pixel size a multiple of 16); got {tuple(noise.shape)}"
-        )
-    needs_uncond = any(c != 1.0 for c in cfgs)
+    args = check_sampling_args(
+        steps=steps,
+        cfg=cfg,
+        threshold_noise=threshold_noise,
+        linear_steps=linear_steps,
+        sigmas=sigmas,
+        cfg_schedule=cfg_schedule,
+        denoise=denoise,
+        has_start_latent=start_latent is not None,
+    )
+    _check_callables(dit, callback, should_stop, batch_cfg)
+    _check_noise(noise)
+    if start_latent is not None:
+        check_start_latent(start_latent, tuple(noise.shape))
+    needs_uncond = args.needs_uncond
     if needs_uncond and negative is None:
         raise InvalidInputError("negative conditioning is required when cfg != 1 (use an empty prompt '')")
 
@@ -273,25 +467,20 @@ def sample(
     batch = noise.shape[0]
     pos = _cond(positive, batch, "positive", device)
     neg = _cond(negative, batch, "negative", device) if negative is not None else None
+    _check_feature_width(dit, pos, neg)
     both: Conditioning | None = None
     if neg is not None and batch_cfg and needs_uncond:
         length = max(pos[0].shape[1], neg[0].shape[1])
-        if pos[0].shape[2] != neg[0].shape[2]:
-            raise InvalidInputError("positive and negative features have different widths")
         p, n = _pad_to(pos, length), _pad_to(neg, length)
         both = (torch.cat([p[0], n[0]]), torch.cat([p[1], n[1]]))
 
+    sched, cfgs, first = args.sigmas, args.cfgs, args.first
     z = noise.to(torch.float32)
-    first = _start_index(sched, float(denoise))
-    if start_latent is not None and float(denoise) < 1.0:
-        if start_latent.dim() != 5 or start_latent.shape[1:] != noise.shape[1:]:
-            raise InvalidInputError(
-                f"start_latent shape {tuple(start_latent.shape)} does not match the noise {tuple(noise.shape)}"
-            )
+    if start_latent is not None and args.denoise < 1.0:
         s0 = sched[first]
         z = (1.0 - s0) * start_latent.to(device=device, dtype=torch.float32) + s0 * z
-    elif start_latent is None and float(denoise) < 1.0:
-        raise InvalidInputError("denoise < 1 needs a start_latent (video-to-video); use denoise=1.0 for text-to-video")
+    elif start_latent is not None:
+        logger.info("denoise 1.0: start_latent is not used (sampling starts from pure noise)")
     total = steps - first
     if first:
         logger.info("denoise %.3f: starting at sigma %.4f, running %d of %d steps", denoise, sched[first], total, steps)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .errors import InvalidInputError, UnsupportedCheckpointError
+from .errors import InvalidInputError, MissingBackendError, UnsupportedCheckpointError
 from .formats.io import open_checkpoint
 from .formats.t5 import T5Layout, T5Shape, inspect_t5
 from .precision import FLOAT8_DTYPES, dtype_name, parse_dtype, storage_dtype_for
@@ -109,25 +109,47 @@ class T5Tokenizer:
         self.path = Path(path)
         self.eos_id = 1
         self.pad_id = 0
-        try:
-            if self.path.suffix == ".json":
-                from tokenizers import Tokenizer
-
-                self._tok = Tokenizer.from_file(str(self.path))
-                self._tok.no_padding()
-                self._tok.no_truncation()
-                eos = self._tok.token_to_id("</s>")
-                self._encode = lambda text: self._tok.encode(text, add_special_tokens=False).ids
-            else:
-                import sentencepiece as spm
-
-                self._sp = spm.SentencePieceProcessor(model_file=str(self.path))
-                eos = self._sp.eos_id()
-                self._encode = lambda text: list(self._sp.encode(text))
-        except (OSError, RuntimeError, ValueError) as exc:  # tokenizers/sentencepiece raise these on bad files
-            raise InvalidInputError(f"tokenizer {self.path}: cannot be read ({exc}); {_WHERE_TO_PUT_IT}") from exc
+        eos = self._load_json() if self.path.suffix == ".json" else self._load_spiece()
         if eos is not None and eos >= 0:
             self.eos_id = int(eos)
+
+    def _unreadable(self, exc: BaseException) -> InvalidInputError:
+        return InvalidInputError(
+            f"tokenizer file {str(self.path)!r} cannot be read ({type(exc).__name__}: {exc}); {_WHERE_TO_PUT_IT}"
+        )
+
+    def _load_json(self) -> int | None:
+        """``tokenizer.json`` through the ``tokenizers`` package; returns the EOS id."""
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise MissingBackendError(
+                f"reading {self.path.name} needs the 'tokenizers' package (pip install tokenizers)"
+            ) from exc
+        try:
+            self._tok = Tokenizer.from_file(str(self.path))
+        # the tokenizers library reports a malformed file with a plain Exception (no subclass to catch)
+        except Exception as exc:
+            raise self._unreadable(exc) from exc
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        self._encode = lambda text: self._tok.encode(text, add_special_tokens=False).ids
+        return self._tok.token_to_id("</s>")
+
+    def _load_spiece(self) -> int | None:
+        """``spiece.model`` through ``sentencepiece``; returns the EOS id."""
+        try:
+            import sentencepiece as spm
+        except ImportError as exc:
+            raise MissingBackendError(
+                f"reading {self.path.name} needs the 'sentencepiece' package (pip install sentencepiece)"
+            ) from exc
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        except (OSError, RuntimeError, ValueError) as exc:  # sentencepiece raises these on bad files
+            raise self._unreadable(exc) from exc
+        self._encode = lambda text: list(self._sp.encode(text))
+        return int(self._sp.eos_id())
 
     def token_ids(self, text: str) -> list[int]:
         """Ids of ``text`` with the EOS appended, untruncated (official: ``tokenizer(text).input_ids``)."""
@@ -284,10 +306,20 @@ class TextEncoder:
         out = self.model(input_ids=ids, attention_mask=mask.to(torch.int64))
         feat = out.last_hidden_state.to(torch.float32)
         if not torch.isfinite(feat).all():
-            raise InvalidInputError(
-                f"T5 produced non-finite features in compute dtype {dtype_name(self.dtype)}; use dtype=float32"
-            )
+            raise InvalidInputError(_non_finite_message(self.dtype, self.format_name))
         return feat, mask
+
+
+def _non_finite_message(dtype: torch.dtype, format_name: str) -> str:
+    """Why T5 features can be NaN/inf, for the compute dtype actually used."""
+    head = f"T5 produced non-finite (NaN or inf) features computing in {dtype_name(dtype)}"
+    if dtype != torch.float32:
+        return f"{head}: T5 overflows in reduced precision; load it with dtype='fp32' (the official precision)"
+    fmt = f" ({format_name})" if format_name else ""
+    return (
+        f"{head}, the official precision, so the weights{fmt} hold NaN/inf or wrongly scaled values: the T5 file "
+        "is damaged or not a T5 v1.1 XXL encoder; download it again or use another (e.g. t5xxl_fp16.safetensors)"
+    )
 
 
 def _install_linear(

@@ -18,12 +18,41 @@ import torch
 
 from .errors import InvalidInputError, MissingBackendError
 
-__all__ = ["FPS", "decoded_to_frames", "frames_to_uint8", "write_mp4", "write_png", "write_png_frames"]
+__all__ = [
+    "CRF_RANGE",
+    "FPS",
+    "check_mp4_options",
+    "decoded_to_frames",
+    "frames_to_uint8",
+    "write_mp4",
+    "write_png",
+    "write_png_frames",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Mochi 1 renders at 30 frames per second.
 FPS = 30
+#: H.264 constant rate factor range of libx264 (0 = lossless ... 51 = worst).
+CRF_RANGE = (0, 51)
+
+
+def _arg(name: str, value: object) -> str:
+    """``crf=60`` for API arguments, ``--crf 60`` for command-line options."""
+    return f"{name} {value!r}" if name.startswith("-") else f"{name}={value!r}"
+
+
+def check_mp4_options(fps: int, crf: int, *, names: tuple[str, str] = ("fps", "crf")) -> None:
+    """``fps`` an integer >= 1 and ``crf`` an integer in :data:`CRF_RANGE`; errors name ``names`` (e.g. the CLI's
+    ``--fps`` / ``--crf``)."""
+    label = [_arg(n, v) for n, v in zip(names, (fps, crf))]
+    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
+        raise InvalidInputError(f"{label[0]} is not allowed: the frame rate must be an integer >= 1 (Mochi: {FPS})")
+    lo, hi = CRF_RANGE
+    if isinstance(crf, bool) or not isinstance(crf, int) or not (lo <= crf <= hi):
+        raise InvalidInputError(
+            f"{label[1]} is not allowed: H.264 CRF must be an integer in {lo}..{hi} (lower is better)"
+        )
 
 
 def decoded_to_frames(decoded: torch.Tensor) -> torch.Tensor:
@@ -57,9 +86,10 @@ def write_mp4(
 ) -> Path:
     """Write frames (F, H, W, 3) (float in [0, 1] or uint8) as an H.264 MP4 (yuv420p) with PyAV.
 
-    Height and width must be even (yuv420p); Mochi sizes are multiples of 16. Falls back to the ``mpeg4``
-    encoder when the PyAV build has no ``libx264``.
+    Height and width must be even (yuv420p); Mochi sizes are multiples of 16. ``fps`` >= 1, ``crf`` 0..51 (checked
+    before anything is written). Falls back to the ``mpeg4`` encoder when the PyAV build has no ``libx264``.
     """
+    check_mp4_options(fps, crf)
     try:
         import av
     except ImportError as exc:

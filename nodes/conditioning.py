@@ -16,10 +16,13 @@ import torch
 
 from . import host
 from .registry import register
+from .validation import invalid
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MochiTextEncode", "make_conditioning", "conditioning_to_t5"]
+MiB = 1024**2
+
+__all__ = ["MochiTextEncode", "make_conditioning", "conditioning_to_t5", "check_text", "encode_on_compute_device"]
 
 
 def make_conditioning(feat: torch.Tensor, mask: torch.Tensor) -> list[list[Any]]:
@@ -92,28 +95,74 @@ class MochiTextEncode:
             }
         }
 
-    def encode(self, t5: Any, text: str) -> tuple[list[list[Any]]]:
-        from mochi_core.errors import InvalidInputError
-        from mochi_core.memory.streaming import move_module
-
-        if not isinstance(text, str):
-            raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
-        device = host.compute_device()
-        home = t5.device
-        moved = False
-        if device.type != "cpu" and device != home:
-            need = int(t5.nbytes * 1.2) + 512 * 1024**2
-            if host.make_room(need, device) > need:
-                move_module(t5.model, device)
-                t5.device, moved = device, True
-            else:
-                logger.info("Mochi: T5 stays on %s (not enough free memory on %s)", home, device)
+    @classmethod
+    def VALIDATE_INPUTS(cls, text: Any) -> bool | str:
         try:
-            feat, mask = t5.encode([text])
-        finally:
-            if moved:
-                move_module(t5.model, home)
-                t5.device = home
-                host.soft_empty_cache()
+            check_text(text)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    def encode(self, t5: Any, text: str) -> tuple[list[list[Any]]]:
+        check_text(text)
+        feat, mask = encode_on_compute_device(t5, text)
         out = host.output_device()
         return (make_conditioning(feat.to(out), mask.to(out)),)
+
+
+def check_text(text: Any) -> None:
+    """``text`` must be one prompt string (``None`` = linked, checked at run time). ComfyUI turns a widget value
+    into a string itself, so at queue time this catches API prompts that send a list (``"text": []`` or a list of
+    prompts), which ComfyUI reads as a malformed link. Raises InvalidInputError."""
+    if text is None or isinstance(text, str):
+        return
+    shown = "an empty list" if isinstance(text, (list, tuple)) and not text else f"{type(text).__name__} {text!r:.80}"
+    raise invalid(
+        f"text must be a prompt string (empty string = the official unconditional prompt), got {shown}; "
+        "for several prompts use one Mochi Text Encode per prompt"
+    )
+
+
+def encode_on_compute_device(t5: Any, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode ``text`` with the T5 on ComfyUI's compute device when there is room, else where it is.
+
+    The move happens inside the ``try``: if it fails part-way (out of memory while moving), ``finally`` puts every
+    weight back on the T5's home device, so the cached encoder is never left split between devices; an
+    out-of-memory during the move falls back to encoding on the home device.
+    """
+    from mochi_core.memory.streaming import move_module
+
+    device = host.compute_device()
+    home = t5.device
+    if device.type == "cpu" or device == home:
+        return t5.encode([text])
+    need = int(t5.nbytes * 1.2) + 512 * MiB
+    if host.make_room(need, device) <= need:
+        logger.info("Mochi: T5 stays on %s (not enough free memory on %s)", home, device)
+        return t5.encode([text])
+    try:
+        if _move_unless_oom(t5.model, device):
+            t5.device = device
+        else:
+            logger.warning("Mochi: out of memory moving T5 to %s; encoding on %s instead", device, home)
+            move_module(t5.model, home)  # undo the part that moved
+            host.soft_empty_cache()
+        return t5.encode([text])
+    finally:
+        move_module(t5.model, home)  # every weight back home, also after a failure part-way through the move
+        t5.device = home
+        host.soft_empty_cache()
+
+
+def _move_unless_oom(module: torch.nn.Module, device: torch.device) -> bool:
+    """Move ``module`` to ``device``; False when that ran out of memory (the module may then be split: the caller
+    moves it back, outside this ``except`` so the failed attempt's tensors can be freed)."""
+    from mochi_core.memory.streaming import move_module
+
+    try:
+        move_module(module, device)
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
+        if not host.is_oom(exc):
+            raise
+        return False
+    return True

@@ -8,8 +8,10 @@ Adapts ComfyUI's services to the plain callbacks `mochi_core` takes (style.md ch
 - devices and memory: ``comfy.model_management.get_torch_device`` (compute), ``unet_offload_device`` (home of
   the weights between prompts), ``intermediate_device`` (where LATENT / IMAGE outputs live), ``free_memory``
   (ask ComfyUI to move *its* models out of the way, never ``unload_all_models``), ``get_free_memory``;
-- interrupt: ``should_stop()`` reads ``processing_interrupted()``; a :class:`mochi_core.errors.MochiInterrupted`
-  becomes ComfyUI's ``InterruptProcessingException`` (the UI shows "interrupted", the next prompt runs);
+- interrupt: ``should_stop()`` reads ``processing_interrupted()``, checked before every step / tile and before each
+  progress update (ahead of ComfyUI's own progress hook, so the pack's path is the one that stops); a
+  :class:`mochi_core.errors.MochiInterrupted` becomes ComfyUI's ``InterruptProcessingException`` (the UI shows
+  "interrupted", the next prompt runs) and is logged as ``<node>: stopped on request (...)``;
 - progress and previews: ``comfy.utils.ProgressBar.update_absolute(step, total, ("JPEG", image, size))`` with a
   latent->RGB preview from ``comfy.latent_formats.Mochi().latent_rgb_factors`` when the server's
   ``--preview-method`` asks for previews (default: none, like core's KSampler).
@@ -186,10 +188,11 @@ def should_stop() -> bool:
 
 
 @contextlib.contextmanager
-def interrupt_errors() -> Iterator[None]:
+def interrupt_errors(what: str = "Mochi") -> Iterator[None]:
     """Turn :class:`mochi_core.errors.MochiInterrupted` into ComfyUI's ``InterruptProcessingException``.
 
-    ComfyUI then reports ``execution_interrupted`` (not an error) and resets the flag for the next prompt.
+    ComfyUI then reports ``execution_interrupted`` (not an error) and resets the flag for the next prompt. The
+    stop is logged as ``"<what>: stopped on request (<where>)"``.
     """
     from mochi_core.errors import MochiInterrupted
 
@@ -200,7 +203,7 @@ def interrupt_errors() -> Iterator[None]:
             import comfy.model_management as mm
         except ImportError:
             raise
-        logger.info("Mochi: stopped on request (%s)", exc)
+        logger.info("%s: stopped on request (%s)", what, exc)
         mm.throw_exception_if_processing_interrupted()  # resets the flag and raises when it is set
         raise mm.InterruptProcessingException() from exc
 
@@ -265,8 +268,14 @@ class ProgressReporter:
         return self._factors is not None
 
     def update(self, done: int, preview_latent: torch.Tensor | None = None) -> None:
+        """Report ``done`` units. Raises :class:`mochi_core.errors.MochiInterrupted` when a stop was requested,
+        before ComfyUI's progress hook would raise its own interrupt (so :func:`interrupt_errors` handles it)."""
         if self._bar is None:
             return
+        if should_stop():
+            from mochi_core.errors import MochiInterrupted
+
+            raise MochiInterrupted(f"stopped after {done} of {self.total}")
         preview = None
         if preview_latent is not None and self._factors is not None:
             from PIL import Image

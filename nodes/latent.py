@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .registry import register
-from .validation import check_video_size, video_size_inputs
+from .validation import check_video_size, check_widget_values, video_size_inputs
 
 
 @register("MochiEmptyLatent", "Mochi Empty Latent Video")
@@ -36,14 +36,25 @@ class MochiEmptyLatent:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width: int, height: int, frames: int, batch_size: int) -> bool | str:
+    def VALIDATE_INPUTS(cls, width: Any, height: Any, frames: Any, batch_size: Any) -> bool | str:
         try:
-            check_video_size(width, height, frames)
+            check_latent_inputs(width, height, frames, batch_size)
         except ValueError as exc:
             return str(exc)
         return True
 
     def make(self, width: int, height: int, frames: int, batch_size: int) -> tuple[dict[str, torch.Tensor]]:
-        check_video_size(width, height, frames)
+        check_latent_inputs(width, height, frames, batch_size)  # linked inputs are known only now
         t = (frames - 1) // 6 + 1
         return ({"samples": torch.zeros(batch_size, 12, t, height // 8, width // 8)},)
+
+
+def check_latent_inputs(width: Any, height: Any, frames: Any, batch_size: Any) -> None:
+    """Ranges of ``INPUT_TYPES`` (ComfyUI skips them for inputs ``VALIDATE_INPUTS`` takes) and the Mochi size rules.
+
+    ``None`` = linked, not known at queue time: skipped (checked again at run time). Raises InvalidInputError.
+    """
+    values = {"width": width, "height": height, "frames": frames, "batch_size": batch_size}
+    check_widget_values(MochiEmptyLatent, values)
+    # a linked (unknown) value is replaced by a valid stand-in so the known ones are still checked
+    check_video_size(16 if width is None else width, 16 if height is None else height, 1 if frames is None else frames)

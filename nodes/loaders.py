@@ -5,11 +5,13 @@ Semantics: file selection like core ``UNETLoader`` / ``VAELoader`` / ``CLIPLoade
 ``load_vae`` / ``load_text_encoder`` (every published layout, cast-on-use storage dtypes).
 
 - ``VALIDATE_INPUTS`` reads only the file header, so a missing file, a VAE given to the DiT loader or a T5 given
-  to the VAE loader is refused with ``node_errors`` before anything runs.
+  to the VAE loader is refused with ``node_errors`` before anything runs. A file name linked from another node
+  (``None`` at queue time) is checked the same way when the loader runs.
 - ``IS_CHANGED`` fingerprints the file (size, mtime), so replacing a file reloads it, and an unchanged file is
-  served from ComfyUI's output cache. A process-wide weak cache also returns the already-loaded model when
-  two loader nodes (or two workflows) ask for the same file with the same options, without keeping a model
-  alive that ComfyUI has dropped.
+  served from ComfyUI's output cache. A linked file name cannot be fingerprinted at queue time: the loader then
+  re-runs only when the name changes (ComfyUI's own input signature). A process-wide weak cache, keyed on the
+  fingerprint, also returns the already-loaded model when two loader nodes (or two workflows) ask for the same
+  file with the same options, without keeping a model alive that ComfyUI has dropped.
 - Weights load onto ComfyUI's offload device (CPU unless ``--highvram``); the nodes that use a model move it
   to the compute device for their phase and back (see :mod:`nodes.placement`).
 """
@@ -25,7 +27,7 @@ from typing import Any
 
 from . import host
 from .registry import register
-from .validation import check_model_file
+from .validation import check_model_file, check_widget_values, invalid
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +59,28 @@ def _cached(key: tuple, load: Callable[[], Any]) -> Any:
     return obj
 
 
-def _file_changed(folder: str, name: str) -> str:
+#: IS_CHANGED value of a linked file name (unknown at queue time); constant, so the upstream signature decides
+LINKED = "linked"
+#: bytes of one GB of the ``memory_budget_gb`` inputs (10^9, like the planner and ``--budget 12GB`` of the CLI)
+GB = 10**9
+
+
+def _file_changed(folder: str, name: Any) -> str:
+    if not isinstance(name, str):  # linked from another node: None at queue time
+        return LINKED
     try:
         return repr(_fingerprint(host.full_path(folder, name)))
-    except (OSError, FileNotFoundError):
+    except OSError:
         return name
+
+
+def _queue_check(check: Callable[[], Any]) -> bool | str:
+    """Run a check for ``VALIDATE_INPUTS``: True, or the refusal message."""
+    try:
+        check()
+    except ValueError as exc:
+        return str(exc)
+    return True
 
 
 @dataclass(eq=False)
@@ -130,22 +149,20 @@ class MochiDiTLoader:
                         "min": 0.0,
                         "max": 1024.0,
                         "step": 0.5,
-                        "tooltip": "GPU memory the sampler may use, in GB. 0 = automatic: the free memory at run time after ComfyUI unloads its own models.",
+                        "tooltip": "GPU memory the sampler may use, in GB (10^9 bytes, as the planner and the command line count). 0 = automatic: the free memory at run time after ComfyUI unloads its own models.",
                     },
                 ),
             }
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, dit_name: str) -> bool | str:
-        try:
-            check_model_file("diffusion_models", dit_name, "dit")
-        except ValueError as exc:
-            return str(exc)
-        return True
+    def VALIDATE_INPUTS(cls, dit_name: Any) -> bool | str:
+        if dit_name is None:  # linked: checked when the loader runs
+            return True
+        return _queue_check(lambda: check_model_file("diffusion_models", dit_name, "dit"))
 
     @classmethod
-    def IS_CHANGED(cls, dit_name: str, **_: Any) -> str:
+    def IS_CHANGED(cls, dit_name: Any, **_: Any) -> str:
         return _file_changed("diffusion_models", dit_name)
 
     def load(
@@ -153,7 +170,7 @@ class MochiDiTLoader:
     ) -> tuple[MochiDiT]:
         import mochi_core
 
-        path = host.full_path("diffusion_models", dit_name)
+        path = check_model_file("diffusion_models", dit_name, "dit")
         storage = None if weight_dtype == "default" else weight_dtype
         device = host.offload_device()
         key = ("dit", path, _fingerprint(path), storage, attention, str(device))
@@ -167,7 +184,7 @@ class MochiDiTLoader:
             )
 
         model = _cached(key, load)
-        return (MochiDiT(model=model, name=dit_name, memory=memory, budget_bytes=int(memory_budget_gb * 1024**3)),)
+        return (MochiDiT(model=model, name=dit_name, memory=memory, budget_bytes=int(memory_budget_gb * GB)),)
 
 
 def _dit_compute_dtype() -> Any:
@@ -205,21 +222,19 @@ class MochiVAELoader:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, vae_name: str) -> bool | str:
-        try:
-            check_model_file("vae", vae_name, "vae_decoder", alternatives=("vae_encoder",))
-        except ValueError as exc:
-            return str(exc)
-        return True
+    def VALIDATE_INPUTS(cls, vae_name: Any) -> bool | str:
+        if vae_name is None:  # linked: checked when the loader runs
+            return True
+        return _queue_check(lambda: _check_vae_file(vae_name))
 
     @classmethod
-    def IS_CHANGED(cls, vae_name: str, **_: Any) -> str:
+    def IS_CHANGED(cls, vae_name: Any, **_: Any) -> str:
         return _file_changed("vae", vae_name)
 
     def load(self, vae_name: str, dtype: str) -> tuple[Any]:
         import mochi_core
 
-        path = host.full_path("vae", vae_name)
+        path = _check_vae_file(vae_name)
         device = host.offload_device()
         compute = None if dtype == "auto" else dtype
         if compute is None:
@@ -237,8 +252,9 @@ class MochiVAELoader:
 class MochiT5Loader:
     CATEGORY = "Mochi/loaders"
     DESCRIPTION = (
-        "Loads the T5-XXL text encoder from models/text_encoders (t5xxl_fp16, t5xxl_fp8_e4m3fn(_scaled), HF shards) "
-        "with the official Mochi tokenization: 256 tokens, and an empty prompt contributes no text token."
+        "Loads the T5-XXL text encoder from a single file in models/text_encoders (t5xxl_fp16, "
+        "t5xxl_fp8_e4m3fn, t5xxl_fp8_e4m3fn_scaled) with the official Mochi tokenization: 256 tokens, and an "
+        "empty prompt contributes no text token. bf16 compute needs a GPU."
     )
     RETURN_TYPES = ("MOCHI_T5",)
     RETURN_NAMES = ("t5",)
@@ -264,7 +280,7 @@ class MochiT5Loader:
                     T5_DTYPES,
                     {
                         "default": "fp32",
-                        "tooltip": "Compute dtype: fp32 (official, exact) or bf16 (GPU only, less memory). fp16 is not offered: T5 overflows in fp16.",
+                        "tooltip": "Compute dtype: fp32 (official, exact) or bf16 (less memory; needs a GPU: refused when ComfyUI computes on the CPU). fp16 is not offered: T5 overflows in fp16.",
                     },
                 ),
                 "tokenizer": (
@@ -278,21 +294,23 @@ class MochiT5Loader:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, t5_name: str) -> bool | str:
-        try:
-            check_model_file("text_encoders", t5_name, "t5")
-        except ValueError as exc:
-            return str(exc)
-        return True
+    def VALIDATE_INPUTS(cls, t5_name: Any, dtype: Any) -> bool | str:
+        def check() -> None:
+            check_t5_dtype(dtype)
+            if t5_name is not None:  # None = linked: checked when the loader runs
+                check_model_file("text_encoders", t5_name, "t5")
+
+        return _queue_check(check)
 
     @classmethod
-    def IS_CHANGED(cls, t5_name: str, **_: Any) -> str:
+    def IS_CHANGED(cls, t5_name: Any, **_: Any) -> str:
         return _file_changed("text_encoders", t5_name)
 
     def load(self, t5_name: str, weight_dtype: str, dtype: str, tokenizer: str) -> tuple[Any]:
         import mochi_core
 
-        path = host.full_path("text_encoders", t5_name)
+        check_t5_dtype(dtype)
+        path = check_model_file("text_encoders", t5_name, "t5")
         tok = tokenizer.strip() or host.default_tokenizer_dir()
         storage = None if weight_dtype == "default" else weight_dtype
         device = host.offload_device()
@@ -303,3 +321,20 @@ class MochiT5Loader:
             return mochi_core.load_text_encoder(path, tokenizer=tok, device=device, dtype=dtype, storage_dtype=storage)
 
         return (_cached(key, load),)
+
+
+def _check_vae_file(name: Any) -> str:
+    return check_model_file("vae", name, "vae_decoder", alternatives=("vae_encoder",))
+
+
+def check_t5_dtype(dtype: Any) -> None:
+    """``dtype`` must be one of :data:`T5_DTYPES` (ComfyUI skips its choice check for inputs ``VALIDATE_INPUTS``
+    takes), and bf16 needs a GPU: on the CPU T5 computes in fp32 (bf16 matmuls there are slow and not the official
+    precision). ``None`` (linked) is skipped. Raises InvalidInputError."""
+    check_widget_values(MochiT5Loader, {"dtype": dtype})
+    device = host.compute_device()
+    if dtype == "bf16" and device.type == "cpu":
+        raise invalid(
+            "dtype='bf16' is not allowed here: bf16 T5 compute needs a GPU and this ComfyUI computes on the CPU; "
+            "use dtype 'fp32' (to save memory, pick a smaller weight_dtype such as fp8_e4m3fn instead)"
+        )

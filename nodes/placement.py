@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Placement", "plan_placement", "dit_on_device", "activation_bytes"]
 
-GB = 1024**3
+GiB = 1024**3
 
 
 def _nbytes(module: torch.nn.Module) -> int:
@@ -66,10 +66,10 @@ class Placement:
     def describe(self) -> str:
         if self.mode == "stream":
             return (
-                f"streaming: {self.resident_blocks} blocks resident, budget {self.budget_bytes / GB:.1f} GB, "
-                f"weights {self.weight_bytes / GB:.1f} GB, activations ~{self.activation_bytes / GB:.1f} GB"
+                f"streaming: {self.resident_blocks} blocks resident, budget {self.budget_bytes / GiB:.1f} GiB, "
+                f"weights {self.weight_bytes / GiB:.1f} GiB, activations ~{self.activation_bytes / GiB:.1f} GiB"
             )
-        return f"{self.mode}: weights {self.weight_bytes / GB:.2f} GB, activations ~{self.activation_bytes / GB:.2f} GB"
+        return f"{self.mode}: weights {self.weight_bytes / GiB:.2f} GiB, activations ~{self.activation_bytes / GiB:.2f} GiB"
 
 
 def plan_placement(model: Any, *, mode: str, budget_bytes: int, free_bytes: int, act_bytes: int) -> Placement:

@@ -21,27 +21,30 @@ from . import host
 from .conditioning import conditioning_to_t5
 from .placement import dit_on_device
 from .registry import register
-from .validation import check_video_size, video_size_inputs
+from .validation import check_video_size, check_widget_values, invalid, video_size_inputs
 
 logger = logging.getLogger(__name__)
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 
-def _int_or_none(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
 def check_sampler_inputs(width: Any, height: Any, frames: Any, steps: Any, linear_steps: Any) -> None:
-    """Queue-time checks; ValueError names the input and the allowed values. Linked (unknown) values are skipped."""
-    w, h, f, s, ls = (_int_or_none(v) for v in (width, height, frames, steps, linear_steps))
+    """Checks of the inputs ``VALIDATE_INPUTS`` takes: the ranges of ``INPUT_TYPES`` (ComfyUI skips its own checks for
+    them), the Mochi size rules and the schedule. ``None`` = linked, not known at queue time: skipped there and
+    checked at run time. Raises InvalidInputError (a ValueError) naming the input and the allowed values."""
+    values = {"width": width, "height": height, "frames": frames, "steps": steps, "linear_steps": linear_steps}
+    check_widget_values(MochiSampler, values)
     # a linked (unknown) value is replaced by a valid stand-in so the known ones are still checked
-    check_video_size(16 if w is None else w, 16 if h is None else h, 1 if f is None else f)
-    if s is not None and s < 1:
-        raise ValueError(f"steps={s} is not allowed: steps must be >= 1")
-    if s is not None and ls is not None and ls != 0 and not (1 <= ls <= max(1, s - 1)):
-        raise ValueError(
-            f"linear_steps={ls} is not allowed with steps={s}: use 0 (auto = steps/2) or 1..{max(1, s - 1)}"
+    check_video_size(16 if width is None else width, 16 if height is None else height, 1 if frames is None else frames)
+    if (
+        steps is not None
+        and linear_steps is not None
+        and linear_steps != 0
+        and not (1 <= linear_steps <= max(1, steps - 1))
+    ):
+        raise invalid(
+            f"linear_steps={linear_steps} is not allowed with steps={steps}: use 0 (auto = steps/2) or "
+            f"1..{max(1, steps - 1)}"
         )
 
 
@@ -178,6 +181,7 @@ class MochiSampler:
         import mochi_core
         from mochi_core.errors import InvalidInputError
 
+        check_sampler_inputs(width, height, frames, steps, linear_steps)  # linked inputs are known only now
         dit = model.model
         pos = conditioning_to_t5(positive, "positive")
         neg = conditioning_to_t5(negative, "negative")
@@ -214,7 +218,10 @@ class MochiSampler:
         noise = mochi_core.make_noise(int(seed), frames=int(frames), height=int(height), width=int(width), batch=batch)
         progress = host.ProgressReporter(steps, previews=True)
         cfg_batch = 1 if float(cfg) == 1.0 else 2
-        with host.interrupt_errors(), dit_on_device(model, tuple(noise.shape), cfg_batch=cfg_batch) as dev:
+        with (
+            host.interrupt_errors("Mochi Sampler"),
+            dit_on_device(model, tuple(noise.shape), cfg_batch=cfg_batch) as dev,
+        ):
             out = mochi_core.sample(
                 dit,
                 noise.to(dev),

@@ -22,8 +22,10 @@ from .registry import register
 
 logger = logging.getLogger(__name__)
 
-MB = 1024**2
-GB = 1024**3
+MiB = 1024**2
+GiB = 1024**3
+#: bytes of one GB of the ``memory_budget_gb`` input (10^9, like the planner and ``--budget 12GB`` of the CLI)
+GB = 10**9
 #: fraction of the free memory an automatic decode budget may take
 AUTO_FRACTION = 0.8
 MAX_OOM_RETRIES = 6
@@ -31,18 +33,38 @@ MAX_OOM_RETRIES = 6
 
 @contextlib.contextmanager
 def vae_on_device(vae: Any, nbytes: int) -> Iterator[torch.device]:
-    """Move the VAE weights to the compute device (after asking ComfyUI for ``nbytes`` of room) and back after."""
+    """Move the VAE weights to the compute device (after asking ComfyUI for ``nbytes`` of room) and back after.
+
+    The move is inside the ``try``: when it fails part-way (out of memory while moving), ``finally`` still puts
+    every weight back on the VAE's home device, so the cached VAE is never left split between devices; the
+    out-of-memory is reported as :class:`mochi_core.errors.DoesNotFitError` with what to do.
+    """
+    from mochi_core.errors import DoesNotFitError
+
     device = host.compute_device()
     home = vae.device
     if device == home or device.type == "cpu":
         yield home
         return
     host.make_room(nbytes, device)
-    vae.to(device)
+    oom = False
     try:
+        try:
+            vae.to(device)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
+            if not host.is_oom(exc):
+                raise
+            oom = True
+        if oom:  # outside the except block, so the failed attempt's tensors can be freed by the move back
+            vae.to(home)
+            host.soft_empty_cache()
+            raise DoesNotFitError(
+                f"not enough free memory on {device} for the VAE weights ({vae.weight_bytes() / GiB:.2f} GiB); "
+                "the VAE stays loaded on the offload device: free GPU memory (or close other models) and queue again"
+            )
         yield device
     finally:
-        vae.to(home)
+        vae.to(home)  # every weight back home, also after a failure part-way through the move
         host.soft_empty_cache()
 
 
@@ -59,10 +81,10 @@ def images_to_video(images: torch.Tensor) -> torch.Tensor:
 
 
 def _auto_budget(vae: Any, device: torch.device) -> int:
-    free = host.make_room(vae.weight_bytes() + 2 * GB, device)
+    free = host.make_room(vae.weight_bytes() + 2 * GiB, device)
     if device.type != "cpu":
         free -= vae.weight_bytes() if vae.device != device else 0
-    return max(64 * MB, int(free * AUTO_FRACTION))
+    return max(64 * MiB, int(free * AUTO_FRACTION))
 
 
 @register("MochiVAEDecodeTiled", "Mochi VAE Decode (Tiled)")
@@ -96,7 +118,7 @@ class MochiVAEDecodeTiled:
                         "min": 0.0,
                         "max": 1024.0,
                         "step": 0.25,
-                        "tooltip": "Memory the decode may use, in GB; tiles are chosen to fit. 0 = automatic (80% of the free memory after ComfyUI unloads its models).",
+                        "tooltip": "Memory the decode may use, in GB (10^9 bytes, as the planner and the command line count); tiles are chosen to fit. 0 = automatic (80% of the free memory after ComfyUI unloads its models).",
                     },
                 ),
             },
@@ -155,7 +177,10 @@ class MochiVAEDecodeTiled:
             tw = max(1, tile_width // 8) if tile_width else w
             tile = (int(tile_frames) or t, th, tw, max(1, min(4, min(th, tw) // 4)) if (th < h or tw < w) else 0)
         budget = int(memory_budget_gb * GB) if memory_budget_gb > 0 else None
-        with host.interrupt_errors(), vae_on_device(vae, vae.weight_bytes() + (budget or 2 * GB)) as dev:
+        with (
+            host.interrupt_errors("Mochi VAE Decode"),
+            vae_on_device(vae, vae.weight_bytes() + (budget or 2 * GiB)) as dev,
+        ):
             if tile is None and budget is None:
                 budget = _auto_budget(vae, dev)
             video = self._decode_with_retry(vae, latent, budget, tile, DoesNotFitError)
@@ -183,7 +208,7 @@ class MochiVAEDecodeTiled:
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
                 if not host.is_oom(exc):
                     raise
-                what = f"tile {tile}" if tile is not None else f"budget {budget / MB:.0f} MiB"
+                what = f"tile {tile}" if tile is not None else f"budget {budget / MiB:.0f} MiB"
                 logger.warning("Mochi VAE decode out of memory with %s (attempt %d)", what, attempt + 1)
             # outside the except block: the exception's frames no longer pin the failed attempt's tensors
             host.soft_empty_cache()
@@ -191,9 +216,9 @@ class MochiVAEDecodeTiled:
                 budget = vae.working_set_bytes(tuple(latent.shape), TilePlan(*tile))
                 tile = None
             budget = max(1, int(budget) // 2)
-            logger.warning("Mochi VAE decode: retrying with a memory budget of %.0f MiB", budget / MB)
+            logger.warning("Mochi VAE decode: retrying with a memory budget of %.0f MiB", budget / MiB)
         raise fit_error(
-            f"VAE decode still out of memory after {MAX_OOM_RETRIES} smaller retries (last budget {budget / MB:.0f} MiB); "
+            f"VAE decode still out of memory after {MAX_OOM_RETRIES} smaller retries (last budget {budget / MiB:.0f} MiB); "
             "the sampled latent is kept in ComfyUI's cache: free GPU memory or set a smaller budget and queue again"
         )
 
@@ -249,7 +274,7 @@ class MochiVAEEncode:
         y0, x0 = (h - hh) // 2, (w - ww) // 2
         video = images_to_video(images[:frames, y0 : y0 + hh, x0 : x0 + ww])
         progress = host.ProgressReporter(1)
-        with host.interrupt_errors(), vae_on_device(vae, vae.weight_bytes() + 4 * GB) as dev:
+        with host.interrupt_errors("Mochi VAE Encode"), vae_on_device(vae, vae.weight_bytes() + 4 * GiB) as dev:
             latent = vae.encode(video.to(dev))
-        progress.update(1)
+            progress.update(1)
         return ({"samples": latent.to(torch.float32).to(host.output_device())},)

@@ -1,8 +1,66 @@
-"""Input checks shared by the nodes; every message names the input and the allowed values."""
+"""Input checks shared by the nodes; every message names the input and the allowed values.
+
+ComfyUI (0.3.75 ``execution.validate_inputs``) skips its own min / max / choice checks for every input a node's
+``VALIDATE_INPUTS`` names as an argument, and passes ``None`` for an input that is linked from another node (its
+value is only known at run time). So each ``VALIDATE_INPUTS`` here re-checks the ranges of the inputs it takes
+(:func:`check_widget_values`, read from the node's own ``INPUT_TYPES``), lets ``None`` through, and the node runs
+the same checks again at execution time, when linked values are known.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from typing import Any
+
+#: Hugging Face shard file names: ``model-00001-of-00002.safetensors``, ``diffusion_pytorch_model-00001-of-00003...``
+_SHARD_RE = re.compile(r"-(\d{5})-of-(\d{5})\.safetensors$", re.IGNORECASE)
+
+
+def invalid(message: str) -> ValueError:
+    """The error type of refused inputs: :class:`mochi_core.errors.InvalidInputError` (a ValueError)."""
+    from mochi_core.errors import InvalidInputError
+
+    return InvalidInputError(message)
+
+
+def widget_specs(node_cls: type) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """``{input name: (type, options)}`` of a node's required and optional inputs."""
+    spec = node_cls.INPUT_TYPES()
+    out: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            out[name] = (entry[0], entry[1] if len(entry) > 1 else {})
+    return out
+
+
+def check_widget_values(node_cls: type, values: Mapping[str, Any]) -> None:
+    """Check ``values`` against the INT / FLOAT ranges and the choice lists in ``node_cls.INPUT_TYPES()``.
+
+    ``None`` means linked (not known at queue time) and is skipped. Raises InvalidInputError naming the input and
+    the allowed values: ``batch_size=65 is not allowed: batch_size must be an integer from 1 to 64``.
+    """
+    specs = widget_specs(node_cls)
+    for name, value in values.items():
+        if value is None:
+            continue
+        kind, opts = specs[name]
+        if isinstance(kind, list):
+            if value not in kind:
+                raise invalid(f"{name}={value!r} is not allowed: {name} must be one of {', '.join(map(str, kind))}")
+            continue
+        if kind not in ("INT", "FLOAT"):
+            continue
+        lo, hi = opts.get("min"), opts.get("max")
+        if kind == "INT":
+            ok_type = isinstance(value, int) and not isinstance(value, bool)
+            what = "an integer"
+        else:
+            ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+            what = "a number"
+        if not ok_type or (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise invalid(f"{name}={value!r} is not allowed: {name} must be {what} from {lo} to {hi}")
 
 
 def video_size_inputs(note: str = "") -> dict[str, tuple[str, dict[str, Any]]]:
@@ -67,15 +125,32 @@ def check_model_file(folder: str, name: str, wanted: str, *, alternatives: tuple
     from . import host
 
     if not isinstance(name, str) or not name:
-        raise ValueError(f"no model file selected: put a file in models/{folder} and pick it")
+        raise invalid(f"no model file selected (got {name!r}): put a file in models/{folder} and pick it")
+    check_not_a_shard(folder, name)
     listed = host.filename_list(folder)
     if host.comfy_available() and name not in listed:
         shown = ", ".join(listed[:8]) + (" ..." if len(listed) > 8 else "") if listed else "(folder is empty)"
-        raise ValueError(f"model file {name!r} is not in models/{folder}; available: {shown}")
+        raise invalid(f"model file {name!r} is not in models/{folder}; available: {shown}")
     try:
         path = host.full_path(folder, name)
         with open_checkpoint(path) as ckpt:
             require_component(ckpt.keys(), wanted, path=name, alternatives=alternatives)
     except (MochiError, OSError) as exc:
-        raise ValueError(str(exc)) from exc
+        raise invalid(str(exc)) from exc
     return path
+
+
+def check_not_a_shard(folder: str, name: str) -> None:
+    """Refuse one shard of a sharded Hugging Face checkpoint (``model-00001-of-00002.safetensors``).
+
+    A shard holds only part of the tensors; the loaders take single-file checkpoints. Sharded folders load
+    through the Python API and the command line, which take the folder (or its ``*.index.json``) as a path.
+    """
+    m = _SHARD_RE.search(os.path.basename(name))
+    if m is None:
+        return
+    raise invalid(
+        f"model file {name!r} is shard {int(m.group(1))} of {int(m.group(2))} of a sharded Hugging Face checkpoint; "
+        f"the loaders take a single-file checkpoint from models/{folder} (e.g. the Comfy-Org repackaged files). "
+        "Load a sharded folder with the Python API or `python -m mochi_core generate`, which take the folder path"
+    )

@@ -2,12 +2,14 @@
 
     python scripts/build_workflows.py          # (re)write the files
     python scripts/build_workflows.py --check  # exit 1 if a file on disk differs from the definition
+    python scripts/build_workflows.py --check --server http://127.0.0.1:8188  # also compare core nodes with /object_info
 
 UI format: LiteGraph/ComfyUI workflow version 0.4 (``nodes``, ``links``, ``groups``, ``config``, ``extra``,
 ``version``), ``widgets_values`` in ``INPUT_TYPES`` order with the frontend's ``control_after_generate`` value after
 a seed. API format: ``{id: {"class_type", "inputs", "_meta": {"title"}}}`` as POSTed to ``/prompt``. Widget order
-of our nodes is read from their ``INPUT_TYPES``; core nodes' from :data:`CORE_NODES` (ComfyUI 0.3.75 facts,
-checked against the live ``/object_info`` by ``tests/host/test_workflows.py``).
+of our nodes is read from their ``INPUT_TYPES``; core nodes' from :data:`CORE_NODES` (ComfyUI 0.3.75 facts),
+which :func:`core_node_mismatches` compares with a running server's ``/object_info`` (``--server``; run against
+the real host by ``tests/host/test_workflows.py``).
 """
 
 from __future__ import annotations
@@ -390,10 +392,50 @@ def render() -> dict[Path, str]:
     return files
 
 
+def _object_info_inputs(info: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(name, type, "w" for widgets)`` of one ``/object_info`` entry, in the server's input order."""
+    order = info.get("input_order") or {sec: list(v) for sec, v in info.get("input", {}).items()}
+    out = []
+    for section in ("required", "optional"):
+        specs = info.get("input", {}).get(section, {})
+        for name in order.get(section, []):
+            kind = specs[name][0]
+            kind = "COMBO" if isinstance(kind, list) else str(kind)
+            out.append((name, kind, "w" if kind in WIDGET_TYPES else ""))
+    return out
+
+
+def core_node_mismatches(object_info: dict[str, Any]) -> list[str]:
+    """Differences between :data:`CORE_NODES` and a server's ``/object_info`` (input names, order, types and
+    widget-ness; output names and types); empty when the workflows' core-node facts hold for that server."""
+    problems = []
+    for class_type, spec in CORE_NODES.items():
+        info = object_info.get(class_type)
+        if info is None:
+            problems.append(f"{class_type}: not in /object_info")
+            continue
+        live_inputs = _object_info_inputs(info)
+        if [tuple(i) for i in spec["inputs"]] != live_inputs:
+            problems.append(f"{class_type} inputs: ours {spec['inputs']} != server {live_inputs}")
+        live_outputs = list(zip(info.get("output_name", []), info.get("output", [])))
+        if [tuple(o) for o in spec["outputs"]] != live_outputs:
+            problems.append(f"{class_type} outputs: ours {spec['outputs']} != server {live_outputs}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="only compare with the files on disk")
+    ap.add_argument("--server", help="also compare the core nodes used with this ComfyUI's /object_info")
     args = ap.parse_args(argv)
+    if args.server:
+        sys.path.insert(0, str(REPO / "scripts"))
+        from comfy_client import ComfyClient
+
+        problems = core_node_mismatches(ComfyClient(args.server).object_info())
+        if problems:
+            sys.stderr.write("core nodes differ from the server:\n" + "\n".join(problems) + "\n")
+            return 1
     stale = []
     for path, text in render().items():
         if args.check:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import socket
+import ssl
 import struct
 import time
 import urllib.error
@@ -23,11 +25,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ComfyClient", "PromptRejected", "RunResult", "WebSocket"]
+__all__ = ["ComfyClient", "PromptRejected", "RunResult", "WebSocket", "ws_endpoint"]
+
+log = logging.getLogger("mochi.comfy_client")
 
 
 class PromptRejected(RuntimeError):
-    """POST /prompt answered with an error (validation failed): ``body`` holds ``error`` and ``node_errors``."""
+    """POST /prompt refused the prompt (HTTP 400: no output node passed validation): ``body`` holds ``error`` and
+    ``node_errors``. An HTTP 200 answer is never a rejection, even with ``node_errors``: ComfyUI then queued the
+    outputs that passed and dropped the others (see :attr:`ComfyClient.last_node_errors`)."""
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         super().__init__(f"prompt rejected ({status}): {json.dumps(body)[:2000]}")
@@ -35,16 +41,47 @@ class PromptRejected(RuntimeError):
         self.body = body
 
 
+@dataclass(frozen=True)
+class WsEndpoint:
+    """Where a ``ws://`` / ``wss://`` URL connects: ``host``, ``port``, ``tls``, the ``Host`` header, the request path."""
+
+    host: str
+    port: int
+    tls: bool
+    host_header: str
+    path: str
+
+
+def ws_endpoint(url: str) -> WsEndpoint:
+    """Parse a WebSocket URL (``http(s)://`` accepted as ``ws(s)://``). Default ports 80 / 443; the ``Host`` header
+    carries the port when it is not the scheme's default (RFC 6455 4.1, RFC 7230 5.4), IPv6 hosts in brackets."""
+    u = urllib.parse.urlsplit(url)
+    scheme = u.scheme.lower()
+    if scheme not in ("ws", "wss", "http", "https"):
+        raise ValueError(f"websocket URL must start with ws://, wss://, http:// or https://, got {url!r}")
+    tls = scheme in ("wss", "https")
+    default = 443 if tls else 80
+    host = u.hostname or "127.0.0.1"
+    port = u.port or default
+    shown = f"[{host}]" if ":" in host else host
+    header = shown if port == default else f"{shown}:{port}"
+    path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+    return WsEndpoint(host=host, port=port, tls=tls, host_header=header, path=path)
+
+
 class WebSocket:
-    """Minimal RFC 6455 client: text and binary frames, ping/pong, close. Enough for ComfyUI's /ws."""
+    """Minimal RFC 6455 client (``ws://`` and ``wss://``): text and binary frames, ping/pong, close. Enough for
+    ComfyUI's /ws."""
 
     def __init__(self, url: str, timeout: float = 30.0) -> None:
-        u = urllib.parse.urlsplit(url)
-        self.sock = socket.create_connection((u.hostname or "127.0.0.1", u.port or 80), timeout=timeout)
+        end = ws_endpoint(url)
+        sock = socket.create_connection((end.host, end.port), timeout=timeout)
+        if end.tls:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=end.host)
+        self.sock = sock
         key = base64.b64encode(os.urandom(16)).decode()
-        path = u.path + (f"?{u.query}" if u.query else "")
         req = (
-            f"GET {path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"GET {end.path} HTTP/1.1\r\nHost: {end.host_header}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
         self.sock.sendall(req.encode())
@@ -126,6 +163,8 @@ class RunResult:
     status: str  # "success" | "error" | "interrupted"
     events: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, Any] | None = None
+    #: nodes ComfyUI refused while queueing the rest (their outputs were dropped); empty normally
+    node_errors: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
     previews: int = 0
 
@@ -160,6 +199,8 @@ class ComfyClient:
     def __init__(self, base_url: str = "http://127.0.0.1:8188", client_id: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.client_id = client_id or uuid.uuid4().hex
+        #: ``node_errors`` of the last accepted prompt: outputs ComfyUI dropped while running the others
+        self.last_node_errors: dict[str, Any] = {}
 
     # -- plain HTTP -------------------------------------------------------------------------
     def _request(self, method: str, path: str, data: Any = None, timeout: float = 60.0) -> tuple[int, bytes]:
@@ -183,11 +224,27 @@ class ComfyClient:
         return self.get_json("/object_info")
 
     def queue(self, prompt: dict[str, Any]) -> str:
-        """POST /prompt; returns the prompt id or raises :class:`PromptRejected` with ``node_errors``."""
+        """POST /prompt; returns the prompt id, or raises :class:`PromptRejected` with ``node_errors``.
+
+        ComfyUI answers 200 with ``prompt_id`` and ``node_errors`` (empty when every output node is valid) when it
+        queued the prompt, and 400 with ``error`` and ``node_errors`` when no output node is valid. A 200 with
+        non-empty ``node_errors`` means the valid outputs run and the others were dropped: logged as a warning and
+        kept in :attr:`last_node_errors`.
+        """
         status, raw = self._request("POST", "/prompt", {"prompt": prompt, "client_id": self.client_id})
-        body = json.loads(raw) if raw else {}
-        if status != 200 or body.get("node_errors"):
+        try:
+            body = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            body = {"error": raw[:2000].decode(errors="replace")}
+        if status != 200 or "prompt_id" not in body:
             raise PromptRejected(status, body)
+        self.last_node_errors = body.get("node_errors") or {}
+        if self.last_node_errors:
+            log.warning(
+                "ComfyUI queued prompt %s without the outputs of these invalid nodes: %s",
+                body["prompt_id"],
+                json.dumps(self.last_node_errors)[:2000],
+            )
         return body["prompt_id"]
 
     def history(self, prompt_id: str) -> dict[str, Any]:
@@ -204,8 +261,8 @@ class ComfyClient:
         self._request("POST", "/interrupt", {})
 
     def websocket(self) -> WebSocket:
-        ws_url = self.base_url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
-        return WebSocket(ws_url)
+        """The server's ``/ws`` for this client id (``wss://`` when the server URL is ``https://``)."""
+        return WebSocket(self.base_url + f"/ws?clientId={self.client_id}")
 
     # -- one prompt, followed to the end ----------------------------------------------------
     def run(
@@ -219,7 +276,7 @@ class ComfyClient:
         ws = self.websocket()
         try:
             prompt_id = self.queue(prompt)
-            result = RunResult(prompt_id=prompt_id, status="running")
+            result = RunResult(prompt_id=prompt_id, status="running", node_errors=self.last_node_errors)
             deadline = time.monotonic() + timeout
             while True:
                 left = deadline - time.monotonic()

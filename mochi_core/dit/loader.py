@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import ops, precision
+from ..devices import check_device
 from ..errors import InvalidInputError, UnsupportedCheckpointError
 from ..formats.detect import DIT, require_component
 from ..formats.dit import DiTLayout, DiTSource, detect_dit_layout, read_source
@@ -26,7 +27,7 @@ __all__ = ["load_dit", "parse_storage", "COMPUTE_DTYPES"]
 
 logger = logging.getLogger(__name__)
 
-COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPUTE_DTYPES = precision.COMPUTE_DTYPES  # re-exported; the policy lives in mochi_core.precision
 QUANTIZED_TARGETS = ("q8_0", "q4_0")
 
 
@@ -38,16 +39,6 @@ def parse_storage(value: str | torch.dtype | None) -> torch.dtype | str | None:
         return precision.parse_dtype(value, what="storage_dtype")
     except InvalidInputError as exc:
         raise InvalidInputError(f"{exc}, q8_0, q4_0") from None
-
-
-def _compute_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return precision.default_compute_dtype(device)
-    parsed = precision.parse_dtype(dtype, what="dtype")
-    if parsed not in COMPUTE_DTYPES.values():
-        raise InvalidInputError(f"dtype={dtype!r} cannot be a compute dtype; allowed: {', '.join(COMPUTE_DTYPES)}")
-    assert parsed is not None
-    return parsed
 
 
 def _resolve_path(path: str | os.PathLike[str]) -> Path:
@@ -153,16 +144,18 @@ def load_dit(
     """Load a Mochi DiT from any published layout (official, Comfy bf16 / scaled fp8 / all-in-one, Kijai bf16 /
     fp8 / GGUF Q8_0 / Q4_0, diffusers file or sharded folder).
 
-    ``dtype``: compute dtype (default float32 on CPU, bfloat16 on CUDA). ``storage_dtype``: None keeps the weights
-    as stored; a float dtype name (fp32, bf16, fp16, fp8_e4m3fn, fp8_e5m2) or "q8_0" / "q4_0" converts Linear weights
-    (fp8 targets use a per-tensor scale) except the high-precision skip list. ``attention``: "sdpa", "flash", "sage".
+    ``device``: cpu, cuda, cuda:N (checked first: an unusable device is refused before the file is opened).
+    ``dtype``: compute dtype fp32 / bf16 / fp16 (default: ``precision.default_compute_dtype`` of the device).
+    ``storage_dtype``: None keeps the weights as stored; a float dtype name (fp32, bf16, fp16, fp8_e4m3fn,
+    fp8_e5m2) or "q8_0" / "q4_0" converts Linear weights (fp8 targets use a per-tensor scale; biases never go to
+    fp8) except the high-precision skip list. ``attention``: "sdpa", "flash", "sage".
     Returns the model in eval mode, ``requires_grad`` False, with ``.config`` and ``.checkpoint_format``.
     """
     from .attention import check_backend
 
     backend = check_backend(attention)
-    dev = torch.device(device)
-    compute = _compute_dtype(dtype, dev)
+    dev = check_device(device)
+    compute = precision.check_compute_dtype("dtype", dtype, device=dev)
     target = parse_storage(storage_dtype)
     p = _resolve_path(path)
     with open_checkpoint(p) as ckpt:

@@ -28,6 +28,20 @@ __all__ = ["AsymmDiT", "PatchEmbed", "FinalLayer"]
 FINAL_NORM_EPS = 1e-6
 
 
+def _sigma_tensor(sigma: object, device: torch.device) -> torch.Tensor:
+    """sigma (a number, a sequence of numbers or a tensor) as a float32 tensor on ``device``; refuses anything else."""
+    if isinstance(sigma, (str, bytes, bool)) or sigma is None:
+        raise InvalidInputError(f"sigma must be a number or a (B,) tensor in [0, 1]; got {type(sigma).__name__}")
+    if isinstance(sigma, torch.Tensor) and (sigma.dtype == torch.bool or sigma.is_complex()):
+        raise InvalidInputError(f"sigma must be a real (B,) tensor in [0, 1]; got dtype {sigma.dtype}")
+    try:
+        return torch.as_tensor(sigma, dtype=torch.float32, device=device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidInputError(
+            f"sigma must be a number or a (B,) tensor in [0, 1]; got {type(sigma).__name__} ({exc})"
+        ) from None
+
+
 class PatchEmbed(nn.Module):
     """Per-frame Conv2d (kernel = stride = patch). (B, C, T, H, W) -> (B, T·H/p·W/p, D), T slowest."""
 
@@ -107,7 +121,13 @@ class AsymmDiT(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 5:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise InvalidInputError(f"x must be a (B, {cfg.in_channels}, T, H, W) latent tensor; got shape {shape}")
-        b, c, _, h, w = x.shape
+        b, c, t, h, w = x.shape
+        if not x.is_floating_point():
+            raise InvalidInputError(f"x must be a floating-point latent tensor; got dtype {x.dtype}")
+        if b == 0 or t == 0:
+            raise InvalidInputError(
+                f"x must hold at least one sample and one latent frame; got shape {tuple(x.shape)} (B={b}, T={t})"
+            )
         if self.attention != "sdpa" and (
             x.device.type != "cuda" or self.compute_dtype not in (torch.bfloat16, torch.float16)
         ):
@@ -123,7 +143,7 @@ class AsymmDiT(nn.Module):
                 f"latent height and width must be non-zero multiples of {p} (pixel sizes multiple of {8 * p}); "
                 f"got H={h}, W={w}"
             )
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        sigma = _sigma_tensor(sigma, x.device)
         if sigma.dim() == 0 or sigma.numel() == 1:
             sigma = sigma.reshape(1).expand(b)
         if sigma.shape != (b,):
@@ -133,6 +153,8 @@ class AsymmDiT(nn.Module):
         if not isinstance(t5_feat, torch.Tensor) or t5_feat.dim() != 3 or t5_feat.shape[-1] != cfg.t5_feat_dim:
             shape = tuple(t5_feat.shape) if isinstance(t5_feat, torch.Tensor) else type(t5_feat).__name__
             raise InvalidInputError(f"t5_feat must have shape (B, L, {cfg.t5_feat_dim}); got {shape}")
+        if not t5_feat.is_floating_point():
+            raise InvalidInputError(f"t5_feat must be floating-point T5 features; got dtype {t5_feat.dtype}")
         if not isinstance(t5_mask, torch.Tensor) or t5_mask.dim() != 2:
             shape = tuple(t5_mask.shape) if isinstance(t5_mask, torch.Tensor) else type(t5_mask).__name__
             raise InvalidInputError(f"t5_mask must have shape (B, L) (bool); got {shape}")
@@ -161,11 +183,13 @@ class AsymmDiT(nn.Module):
         b, _, t, h, w = x.shape
         p = cfg.patch_size
         ph, pw = h // p, w // p
-        t5_feat = t5_feat.to(device=x.device, dtype=dtype)
+        t5_feat = t5_feat.to(device=x.device)
 
-        # conditioning vector c = t_embed(1 - sigma) + pool(T5); every modulation uses SiLU(c)
-        c = self.t_embedder(1.0 - sigma, dtype) + self.t5_y_embedder(t5_feat, mask)
+        # conditioning vector c = t_embed(1 - sigma) + pool(T5); every modulation uses SiLU(c). The caption mean is
+        # taken in float32 from the features as given (the T5 output is float32), as the official code does.
+        c = self.t_embedder(1.0 - sigma, dtype) + self.t5_y_embedder(t5_feat, mask, dtype)
         c = F.silu(c)
+        t5_feat = t5_feat.to(dtype)
 
         # text stream on the valid tokens only (gathered once, order kept; official packed-path semantics)
         counts = [int(n) for n in mask.sum(dim=1).tolist()]

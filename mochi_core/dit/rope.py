@@ -32,7 +32,11 @@ def rope_frequencies(pos_frequencies: torch.Tensor, t: int, ph: int, pw: int) ->
     """pos_frequencies (3, H, F) -> complex64 rotations (N, H, F) = exp(i · Σ_axis pos[n, axis] · F[axis, h, f])."""
     freqs = pos_frequencies.to(torch.float32)
     pos = rope_positions(t, ph, pw, device=freqs.device)
-    angles = torch.einsum("na,ahf->nhf", pos, freqs)
+    # elementwise products summed over the 3 axes, in float32: no matmul kernel, so no TF32 / reduced precision
+    # whatever torch.backends.cuda.matmul.allow_tf32 says (an einsum would dispatch to a matmul)
+    angles = pos[:, 0, None, None] * freqs[0]  # (N, H, F)
+    for axis in range(1, pos.shape[1]):
+        angles.addcmul_(pos[:, axis, None, None], freqs[axis])
     return torch.polar(torch.ones_like(angles), angles)
 
 

@@ -10,7 +10,18 @@ from collections.abc import Iterable
 
 from ..errors import UnsupportedCheckpointError
 
-__all__ = ["DIT", "VAE_DECODER", "VAE_ENCODER", "T5", "components", "require_component", "describe"]
+__all__ = [
+    "DIT",
+    "VAE_DECODER",
+    "VAE_ENCODER",
+    "T5",
+    "DIT_PREFIXES",
+    "VAE_PREFIXES",
+    "T5_PREFIXES",
+    "components",
+    "require_component",
+    "describe",
+]
 
 DIT = "dit"
 VAE_DECODER = "vae_decoder"
@@ -24,9 +35,21 @@ _LOADER_OF = {
     T5: "load_text_encoder / the Mochi T5 loader (models/text_encoders)",
 }
 
-_DIT_PREFIXES = ("", "model.diffusion_model.", "diffusion_model.", "model.", "transformer.")
-_VAE_PREFIXES = ("", "vae.", "first_stage_model.")
-_T5_PREFIXES = ("", "text_encoders.t5xxl.transformer.", "text_encoders.t5xxl.", "t5xxl.transformer.", "transformer.")
+# The one definition of the key prefixes under which each component is found (mochi-spec.md §7.2), longest first so
+# that an all-in-one file's prefix wins over a shorter one; "" (no prefix) last. Every format module imports these.
+
+#: DiT: Comfy split / all-in-one files, other single-file savers, diffusers-in-a-pipeline, none (official, Kijai).
+DIT_PREFIXES: tuple[str, ...] = ("model.diffusion_model.", "diffusion_model.", "model.", "transformer.", "")
+#: VAE (outer prefix, before ``decoder.`` / ``encoder.``): Comfy all-in-one, SD-style, none.
+VAE_PREFIXES: tuple[str, ...] = ("vae.", "first_stage_model.", "")
+#: T5 encoder: Comfy all-in-one, Comfy text-encoder files, none (HF names).
+T5_PREFIXES: tuple[str, ...] = (
+    "text_encoders.t5xxl.transformer.",
+    "text_encoders.t5xxl.",
+    "t5xxl.transformer.",
+    "transformer.",
+    "",
+)
 
 
 def _has(keys: set[str], prefixes: Iterable[str], suffixes: Iterable[str]) -> str | None:
@@ -43,7 +66,7 @@ def components(keys: Iterable[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     dit = _has(
         ks,
-        _DIT_PREFIXES,
+        DIT_PREFIXES,
         (
             "t5_yproj.weight",
             "blocks.0.attn.qkv_x.weight",
@@ -58,7 +81,7 @@ def components(keys: Iterable[str]) -> dict[str, str]:
         found[DIT] = dit
     dec = _has(
         ks,
-        tuple(p + s for p in _VAE_PREFIXES for s in ("", "decoder.")),
+        tuple(p + s for p in VAE_PREFIXES for s in ("", "decoder.")),
         ("blocks.0.0.weight", "output_proj.weight", "decoder.conv_in.weight", "conv_in.weight"),
     )
     # "output_proj.weight" alone is ambiguous (the encoder has one too): require a decoder-only key.
@@ -71,7 +94,7 @@ def components(keys: Iterable[str]) -> dict[str, str]:
         found[VAE_DECODER] = dec
     enc = _has(
         ks,
-        tuple(p + s for p in _VAE_PREFIXES for s in ("", "encoder.")),
+        tuple(p + s for p in VAE_PREFIXES for s in ("", "encoder.")),
         ("layers.0.weight", "encoder.proj_in.weight"),
     )
     if enc and enc.endswith("layers.0.weight"):
@@ -82,7 +105,7 @@ def components(keys: Iterable[str]) -> dict[str, str]:
         found[VAE_ENCODER] = enc
     t5 = _has(
         ks,
-        _T5_PREFIXES,
+        T5_PREFIXES,
         ("encoder.block.0.layer.0.SelfAttention.q.weight", "encoder.final_layer_norm.weight"),
     )
     if t5:

@@ -15,6 +15,7 @@ Only header information (names, dtypes, shapes) is used for detection; tensors a
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,10 +24,10 @@ from typing import Protocol
 import torch
 
 from ..errors import UnsupportedCheckpointError
+from .detect import DIT_PREFIXES
 
 __all__ = ["DiTSource", "DiTLayout", "detect_dit_layout", "read_source", "DIT_PREFIXES", "diffusers_name"]
 
-DIT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.", "transformer.", "")
 _ANCHORS = ("t5_yproj.weight", "x_embedder.proj.weight", "patch_embed.proj.weight", "pos_frequencies")
 _Q_BYTES = {"q8_0": 34, "q4_0": 18}
 
@@ -76,9 +77,39 @@ def _prefix(keys: set[str], source: str) -> str:
     )
 
 
-def _official_sources(infos: Mapping[str, _Info], source: str) -> tuple[dict[str, DiTSource], set[str]]:
+def _add(sources: dict[str, DiTSource], name: str, src: DiTSource, source: str, prefix: str) -> None:
+    """Record the source of official tensor ``name``; refuse a second file key for the same tensor."""
+    if name in sources:
+        first = ", ".join(repr(prefix + k) for k in sources[name].keys)
+        second = ", ".join(repr(prefix + k) for k in src.keys)
+        raise UnsupportedCheckpointError(
+            f"{source}: tensors {first} and {second} both give the DiT tensor {name!r}; a checkpoint must hold each "
+            "tensor once (mixed or merged files are not supported)"
+        )
+    sources[name] = src
+
+
+def _scale_keys(infos: Mapping[str, _Info], source: str, prefix: str) -> dict[str, str]:
+    """Layer -> key of its scaled-fp8 ``scale_weight``; each must be a single floating value."""
+    scales: dict[str, str] = {}
+    for key, info in infos.items():
+        if not key.endswith(".scale_weight"):
+            continue
+        if math.prod(info.shape) != 1 or not info.dtype.is_floating_point:
+            raise UnsupportedCheckpointError(
+                f"{source}: {prefix + key!r} must be a single floating-point scale (scaled fp8); it has shape "
+                f"{list(info.shape)} and dtype {str(info.dtype).replace('torch.', '')}"
+            )
+        scales[key[: -len(".scale_weight")]] = key
+    return scales
+
+
+def _official_sources(
+    infos: Mapping[str, _Info], source: str, prefix: str = ""
+) -> tuple[dict[str, DiTSource], set[str]]:
+    """Official-name sources of the (prefix-stripped) ``infos``; ``prefix`` only names file keys in messages."""
     sources: dict[str, DiTSource] = {}
-    scales = {k[: -len(".scale_weight")]: k for k in infos if k.endswith(".scale_weight")}
+    scales = _scale_keys(infos, source, prefix)
     formats: set[str] = set()
     for key, info in infos.items():
         if key == "scaled_fp8" or key.endswith((".scale_weight", ".scale_input")):
@@ -91,15 +122,16 @@ def _official_sources(infos: Mapping[str, _Info], source: str) -> tuple[dict[str
                     f"{source}: {key} has byte shape {list(info.shape)}, not a multiple of {_Q_BYTES[fmt]}-byte {fmt} blocks"
                 )
             shape = (info.shape[0], info.shape[1] // _Q_BYTES[fmt] * 32)
-            sources[layer + ".weight"] = DiTSource((key,), shape, info.dtype, fmt=fmt)
+            _add(sources, layer + ".weight", DiTSource((key,), shape, info.dtype, fmt=fmt), source, prefix)
             formats.add(fmt)
             continue
         layer = key[: -len(".weight")] if key.endswith(".weight") else None
         if layer is not None and layer in scales:
-            sources[key] = DiTSource((key,), tuple(info.shape), info.dtype, fmt="scaled_fp8", scale_key=scales[layer])
+            src = DiTSource((key,), tuple(info.shape), info.dtype, fmt="scaled_fp8", scale_key=scales[layer])
             formats.add("scaled_fp8")
         else:
-            sources[key] = DiTSource((key,), tuple(info.shape), info.dtype)
+            src = DiTSource((key,), tuple(info.shape), info.dtype)
+        _add(sources, key, src, source, prefix)
     return sources, formats
 
 
@@ -187,21 +219,22 @@ def diffusers_name(official: str, *, last_block: bool = False) -> list[str]:
     raise KeyError(official)
 
 
-def _diffusers_sources(infos: Mapping[str, _Info], source: str) -> dict[str, DiTSource]:
+def _diffusers_sources(infos: Mapping[str, _Info], source: str, prefix: str = "") -> dict[str, DiTSource]:
     sources: dict[str, DiTSource] = {}
     qkv: dict[str, dict[str, str]] = {}
     for key, info in infos.items():
         for pat, rep in _DIFFUSERS_QKV:
             m = re.fullmatch(pat, key)
             if m:
-                qkv.setdefault(m.expand(rep), {})[m.group(2)] = key
+                qkv.setdefault(m.expand(rep), {})[m.group(2)] = key  # file keys are unique: one per (layer, q/k/v)
                 break
         else:
             for table, swap in ((_DIFFUSERS_SIMPLE, False), (_DIFFUSERS_SWAP, True)):
                 hit = next(((p, r) for p, r in table if re.fullmatch(p, key)), None)
                 if hit:
                     name = re.sub(hit[0], hit[1], key)
-                    sources[name] = DiTSource((key,), tuple(info.shape), info.dtype, swap_halves=swap)
+                    src = DiTSource((key,), tuple(info.shape), info.dtype, swap_halves=swap)
+                    _add(sources, name, src, source, prefix)
                     break
             else:
                 raise UnsupportedCheckpointError(f"{source}: diffusers tensor {key!r} has no Mochi DiT equivalent")
@@ -215,7 +248,7 @@ def _diffusers_sources(infos: Mapping[str, _Info], source: str) -> dict[str, DiT
         if len({s[1:] for s in shapes}) != 1:
             raise UnsupportedCheckpointError(f"{source}: q/k/v shapes {shapes} of {name} cannot be concatenated")
         shape = (sum(s[0] for s in shapes), *shapes[0][1:])
-        sources[name] = DiTSource(keys, shape, infos[keys[0]].dtype)
+        _add(sources, name, DiTSource(keys, shape, infos[keys[0]].dtype), source, prefix)
     return sources
 
 
@@ -226,8 +259,8 @@ def detect_dit_layout(infos: Mapping[str, _Info], *, source: str = "checkpoint")
     mine = {k[len(prefix) :]: v for k, v in infos.items() if k.startswith(prefix)}
     ignored = sorted(k for k in infos if not k.startswith(prefix))
     if "patch_embed.proj.weight" in mine:
-        return DiTLayout("diffusers", prefix, _diffusers_sources(mine, source), ignored)
-    sources, formats = _official_sources(mine, source)
+        return DiTLayout("diffusers", prefix, _diffusers_sources(mine, source, prefix), ignored)
+    sources, formats = _official_sources(mine, source, prefix)
     dtypes = {s.dtype for s in sources.values()}
     if "q8_0" in formats or "q4_0" in formats:
         name = "gguf_" + ("q8_0" if "q8_0" in formats else "q4_0")

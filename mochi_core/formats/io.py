@@ -6,14 +6,20 @@
   says) is refused with the byte counts.
 - Tensors are memory-mapped (``safetensors.safe_open``) and fetched one at a time, so a loader can cast
   each to its storage dtype without holding two full copies.
-- A folder (diffusers style) is read as the union of its ``*.safetensors`` shards, optionally through a
-  ``*.safetensors.index.json``; a ``.safetensors.index.json`` path works too.
+- A malformed header (bad JSON, an entry without ``dtype`` / ``shape`` / ``data_offsets``, offsets that do not
+  match the shape) is refused naming the file and the tensor.
+- A folder is read through its ``*.safetensors.index.json`` (a ``.safetensors.index.json`` path works too), or,
+  without an index, as its single ``.safetensors`` file or a complete set of Hugging Face shards
+  ``<name>-0000k-of-0000n.safetensors`` (k = 1..n, one name, one n). Anything else (unrelated files side by side,
+  a shard missing) is refused rather than merged. A tensor name found in two files is refused too.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import struct
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
@@ -21,10 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from ..errors import UnsupportedCheckpointError
 
-__all__ = ["TensorInfo", "Checkpoint", "open_checkpoint"]
+__all__ = ["TensorInfo", "Checkpoint", "open_checkpoint", "read_header"]
+
+logger = logging.getLogger(__name__)
 
 _PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
 _ST_DTYPES = {
@@ -42,6 +51,8 @@ _ST_DTYPES = {
     "BOOL": torch.bool,
 }
 _MAX_HEADER = 100 * 1024 * 1024
+#: Hugging Face shard names: ``model-00001-of-00003.safetensors``.
+_SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})\.safetensors$")
 
 
 @dataclass(frozen=True)
@@ -91,10 +102,13 @@ class Checkpoint:
 
             try:
                 handle = self._stack.enter_context(safe_open(str(info.file), framework="pt", device="cpu"))
-            except Exception as exc:  # safetensors raises its own error types
+            except (SafetensorError, OSError) as exc:
                 raise UnsupportedCheckpointError(f"{info.file}: cannot be read as safetensors ({exc})") from exc
             self._handles[info.file] = handle
-        return handle.get_tensor(key)  # type: ignore[attr-defined]
+        try:
+            return handle.get_tensor(key)  # type: ignore[attr-defined]
+        except SafetensorError as exc:
+            raise UnsupportedCheckpointError(f"{info.file}: tensor {key!r} cannot be read ({exc})") from exc
 
     def items(self, keys: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         for k in keys if keys is not None else self.infos:
@@ -130,8 +144,40 @@ def _refuse_pickle(path: Path) -> None:
         )
 
 
+def _entry(path: Path, key: str, entry: object) -> tuple[TensorInfo, int, int]:
+    """Validate one header entry; returns its info and its data byte range [begin, end)."""
+
+    def bad(what: str) -> UnsupportedCheckpointError:
+        return UnsupportedCheckpointError(
+            f"{path.name}: malformed safetensors header: tensor {key!r} {what} (corrupt or not a safetensors file)"
+        )
+
+    if not isinstance(entry, dict):
+        raise bad(f"is described by {type(entry).__name__}, not an object with dtype, shape and data_offsets")
+    missing = [f for f in ("dtype", "shape", "data_offsets") if f not in entry]
+    if missing:
+        raise bad(f"has no {', '.join(missing)}")
+    name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    dt = _ST_DTYPES.get(name) if isinstance(name, str) else None
+    if dt is None:
+        raise UnsupportedCheckpointError(
+            f"{path.name}: tensor {key!r} has unsupported dtype {name!r}; supported: {', '.join(_ST_DTYPES)}"
+        )
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise bad(f"has shape {shape!r}, not a list of non-negative integers")
+    if (
+        not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets))
+        or offsets[0] > offsets[1]
+    ):
+        raise bad(f"has data_offsets {offsets!r}, not [begin, end] with 0 <= begin <= end")
+    info = TensorInfo(dt, tuple(shape), path)
+    if offsets[1] - offsets[0] != info.nbytes:
+        raise bad(f"spans {offsets[1] - offsets[0]} bytes, but shape {shape} of {name} needs {info.nbytes}")
+    return info, offsets[0], offsets[1]
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse and validate a safetensors header; refuse truncated or malformed files."""
+    """Parse and validate a safetensors header; refuse truncated or malformed files, naming the file."""
     size = path.stat().st_size
     if size < 8:
         raise UnsupportedCheckpointError(f"{path.name}: {size} bytes is too small to be a safetensors file")
@@ -146,17 +192,18 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             header = json.loads(f.read(hlen))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UnsupportedCheckpointError(f"{path.name}: safetensors header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise UnsupportedCheckpointError(
+            f"{path.name}: malformed safetensors header: a JSON {type(header).__name__}, not an object of tensors"
+        )
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise UnsupportedCheckpointError(f"{path.name}: malformed safetensors header: __metadata__ is not an object")
     infos: dict[str, TensorInfo] = {}
     end = 0
     for key, entry in header.items():
-        dt = _ST_DTYPES.get(entry.get("dtype"))
-        if dt is None:
-            raise UnsupportedCheckpointError(
-                f"{path.name}: tensor {key!r} has unsupported dtype {entry.get('dtype')!r}"
-            )
-        infos[key] = TensorInfo(dt, tuple(int(s) for s in entry["shape"]), path)
-        end = max(end, int(entry["data_offsets"][1]))
+        infos[key], _, stop = _entry(path, key, entry)
+        end = max(end, stop)
     have = size - 8 - hlen
     if have < end:
         raise UnsupportedCheckpointError(
@@ -166,28 +213,83 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     return infos, {str(k): str(v) for k, v in meta.items()}
 
 
-def _shards(folder: Path) -> list[Path]:
-    index = sorted(folder.glob("*.safetensors.index.json"))
-    if index:
-        data = json.loads(index[0].read_text())
-        names = sorted(set(data.get("weight_map", {}).values()))
-        return [folder / n for n in names]
-    return sorted(folder.glob("*.safetensors"))
+def _read_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` (tensor name -> shard file name in the same folder) of a ``*.safetensors.index.json``."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnsupportedCheckpointError(f"{index}: shard index cannot be read as JSON ({exc})") from exc
+    wmap = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wmap, dict) or not wmap:
+        raise UnsupportedCheckpointError(f"{index}: shard index has no 'weight_map' of tensor names to shard files")
+    for key, name in wmap.items():
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+            raise UnsupportedCheckpointError(
+                f"{index}: weight_map maps {key!r} to {name!r}; expected a .safetensors file name in the same folder"
+            )
+    return {str(k): v for k, v in wmap.items()}
+
+
+def _shard_set(folder: Path, files: list[Path]) -> list[Path]:
+    """Accept several files without an index only as one complete ``<name>-0000k-of-0000n.safetensors`` set."""
+    listing = ", ".join(f.name for f in files[:6]) + (", ..." if len(files) > 6 else "")
+    matches = [_SHARD_RE.match(f.name) for f in files]
+    groups = {(m.group("stem"), int(m.group("n"))) for m in matches if m}
+    if not all(matches) or len(groups) != 1:
+        raise UnsupportedCheckpointError(
+            f"{folder}: folder holds {len(files)} .safetensors files ({listing}) and no *.safetensors.index.json; "
+            "they are not one set of shards named <name>-0000k-of-0000n.safetensors, so they are not merged. "
+            "Pass the path of the one file to load, or add the shard index."
+        )
+    ((stem, n),) = groups
+    present = {int(m.group("k")) for m in matches if m}
+    missing = sorted(set(range(1, n + 1)) - present)
+    if missing or present - set(range(1, n + 1)):
+        raise UnsupportedCheckpointError(
+            f"{folder}: incomplete shard set {stem}-*-of-{n:05d}.safetensors: missing shard(s) "
+            f"{', '.join(f'{k:05d}' for k in missing) or 'none'}, found {', '.join(f'{k:05d}' for k in sorted(present))}"
+        )
+    logger.info("%s: no shard index; reading the complete shard set %s-*-of-%05d.safetensors", folder, stem, n)
+    return files
+
+
+def _folder_files(folder: Path) -> tuple[list[Path], dict[str, str] | None, Path | None]:
+    """Files of a folder checkpoint, with the index's weight map and path when there is one."""
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if len(indexes) > 1:
+        raise UnsupportedCheckpointError(
+            f"{folder}: folder holds several shard indexes ({', '.join(i.name for i in indexes)}); "
+            "pass the path of the index to load"
+        )
+    if indexes:
+        wmap = _read_index(indexes[0])
+        return [folder / n for n in sorted(set(wmap.values()))], wmap, indexes[0]
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) > 1:
+        files = _shard_set(folder, files)
+    return files, None, None
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Open a safetensors file, a shard index, or a folder of shards (lazily; nothing is loaded)."""
+    """Open a safetensors file, a shard index, or a folder of shards (lazily; nothing is loaded).
+
+    Refuses (``UnsupportedCheckpointError``) pickles, truncated or malformed files, a folder of unrelated files
+    without an index, missing shards, and a tensor name present in two files.
+    """
     p = Path(path).expanduser()
     if not p.exists():
         raise UnsupportedCheckpointError(f"checkpoint not found: {p}")
+    wmap: dict[str, str] | None = None
+    index: Path | None = None
     if p.is_dir():
-        files = _shards(p)
+        files, wmap, index = _folder_files(p)
         if not files:
             pickles = [f.name for f in p.iterdir() if f.suffix.lower() in _PICKLE_SUFFIXES]
             hint = f" (found pickle files {pickles}, which are refused)" if pickles else ""
             raise UnsupportedCheckpointError(f"{p}: folder holds no .safetensors files{hint}")
     elif p.name.endswith(".index.json"):
-        files = [p.parent / n for n in sorted(set(json.loads(p.read_text()).get("weight_map", {}).values()))]
+        wmap, index = _read_index(p), p
+        files = [p.parent / n for n in sorted(set(wmap.values()))]
     else:
         files = [p]
     infos: dict[str, TensorInfo] = {}
@@ -197,6 +299,24 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             raise UnsupportedCheckpointError(f"{p}: shard {f.name} is missing")
         _refuse_pickle(f)
         part, m = read_header(f)
+        for key in part:
+            if key in infos:
+                raise UnsupportedCheckpointError(
+                    f"{p}: tensor {key!r} is in both {infos[key].file.name} and {f.name}; "
+                    "the files are not shards of one checkpoint"
+                )
         infos.update(part)
         meta.update(m)
-    return Checkpoint(path=p, infos=infos, metadata=meta)
+    if wmap is not None:
+        lost = [k for k, name in wmap.items() if k not in infos or infos[k].file.name != name]
+        if lost:
+            k = lost[0]
+            where = f"is in {infos[k].file.name}" if k in infos else "is in no shard"
+            raise UnsupportedCheckpointError(
+                f"{index}: {len(lost)} tensor(s) of the index are not where it says (e.g. {k!r} is listed in "
+                f"{wmap[k]} but {where}); index and shards do not belong together"
+            )
+    ckpt = Checkpoint(path=p, infos=infos, metadata=meta)
+    if len(files) > 1:
+        logger.debug("%s: %d tensors from %d files, %.0f MB", p, len(infos), len(files), ckpt.total_bytes() / 1e6)
+    return ckpt

@@ -18,27 +18,20 @@ Nothing here builds a model: :func:`inspect_t5` reads the header only and return
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import UnsupportedCheckpointError
-from .detect import T5, require_component
+from .detect import T5, T5_PREFIXES, require_component
 from .io import Checkpoint
 
 __all__ = ["T5Layout", "T5Shape", "inspect_t5", "T5_PREFIXES"]
 
 logger = logging.getLogger(__name__)
 
-#: Key prefixes under which a T5 encoder is found (longest first, so the all-in-one prefix wins).
-T5_PREFIXES: tuple[str, ...] = (
-    "text_encoders.t5xxl.transformer.",
-    "text_encoders.t5xxl.",
-    "t5xxl.transformer.",
-    "transformer.",
-    "",
-)
 
 _BLOCK_RE = re.compile(r"^encoder\.block\.(\d+)\.")
 _IGNORED_PREFIXES = ("decoder.", "lm_head.")
@@ -141,6 +134,12 @@ def inspect_t5(ckpt: Checkpoint, *, path: str | None = None) -> T5Layout:
             ignored.append(name)
             continue
         if name.endswith(".scale_weight"):
+            info = ckpt.infos[k]
+            if math.prod(info.shape) != 1 or not info.dtype.is_floating_point:
+                raise UnsupportedCheckpointError(
+                    f"{where}: {k!r} must be a single floating-point scale (scaled fp8); it has shape "
+                    f"{list(info.shape)} and dtype {str(info.dtype).replace('torch.', '')}"
+                )
             scales[name[: -len(".scale_weight")] + ".weight"] = k
             continue
         if name == "encoder.embed_tokens.weight":

@@ -19,13 +19,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..errors import UnsupportedCheckpointError
 from .detect import VAE_DECODER, VAE_ENCODER, components, describe
 
-__all__ = ["VaeKeyMap", "vae_key_map", "to_diffusers"]
+__all__ = ["VaeKeyMap", "vae_key_map", "mapped_shapes", "to_diffusers"]
 
 _OUTER = ("", "vae.", "first_stage_model.")
 _RES_D2O = {
@@ -168,6 +169,17 @@ def vae_key_map(keys: Iterable[str], *, path: str = "checkpoint") -> VaeKeyMap:
         "decoder.safetensors / encoder.safetensors / vae.safetensors, Comfy-Org mochi_vae.safetensors, Kijai bf16 "
         "decoder / encoder, diffusers AutoencoderKLMochi."
     )
+
+
+def mapped_shapes(infos: Mapping[str, Any], mapping: Mapping[str, list[str]]) -> dict[str, tuple[int, ...]]:
+    """Shapes under official names for one component of a :class:`VaeKeyMap`, from header infos (anything with a
+    ``shape``, keyed by source name): several sources of one key are concatenated along dim 0, as when loading."""
+    out: dict[str, tuple[int, ...]] = {}
+    for key, sources in mapping.items():
+        shapes = [tuple(infos[src].shape) for src in sources]
+        first = shapes[0]
+        out[key] = (sum(s[0] for s in shapes), *first[1:]) if len(shapes) > 1 else first
+    return out
 
 
 def _official_res_to_diffusers(rest: str) -> str:

@@ -42,7 +42,11 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-batch-cfg", action="store_true", help="run cond and uncond as separate DiT calls")
     p.add_argument("--no-prefetch", action="store_true", help="plan streaming without prefetch")
     p.add_argument("--text-tokens", type=int, default=None, help="valid prompt tokens (default 256, worst case)")
-    p.add_argument("--reserve", default=None, help="bytes kept free for the CUDA context etc. (default 768MiB on CUDA)")
+    p.add_argument(
+        "--reserve",
+        default=None,
+        help="kept free for the CUDA context etc.: 768MiB, 1GB or bytes (default 768MiB on CUDA)",
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run_plan)
     return p
@@ -65,7 +69,7 @@ def run_plan(args: argparse.Namespace) -> int:
             batch_cfg=False if args.no_batch_cfg else None,
             prefetch=not args.no_prefetch,
             text_tokens=args.text_tokens,
-            reserve_bytes=parse_bytes(args.reserve) if args.reserve else None,
+            reserve_bytes=args.reserve,
         )
     except MochiError as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -46,8 +46,10 @@ _ALIASES = {
 }
 
 
-def _norm_storage(value: str, what: str, allowed: tuple[str, ...]) -> str:
-    key = _ALIASES.get(str(value).strip().lower(), str(value).strip().lower())
+def _norm_storage(value: object, what: str, allowed: tuple[str, ...]) -> str:
+    """``value`` (a name, an alias such as 'bfloat16', or a ``torch.dtype``) as one of ``allowed``."""
+    name = str(value).strip().lower().removeprefix("torch.")
+    key = _ALIASES.get(name, name)
     if key not in allowed:
         raise InvalidInputError(f"{what}={value!r} is not supported; allowed: {', '.join(allowed)}")
     return key

@@ -82,17 +82,14 @@ def _t5(path: PathLike) -> tuple[T5Sizes, str]:
 
 
 def _decoder(path: PathLike) -> object:
-    from ..formats.vae import vae_key_map
+    from ..formats.vae import mapped_shapes, vae_key_map
     from ..vae.config import DecoderConfig
 
     with open_checkpoint(path) as ckpt:
         kmap = vae_key_map(ckpt.keys(), path=str(path))
         if kmap.decoder is None:
             raise InvalidInputError(f"{path}: this VAE file holds no decoder; a text-to-video job needs one")
-        shapes = {}
-        for k, srcs in kmap.decoder.items():
-            parts = [ckpt.infos[s].shape for s in srcs]
-            shapes[k] = (sum(p[0] for p in parts), *parts[0][1:]) if len(parts) > 1 else tuple(parts[0])
+        shapes = mapped_shapes(ckpt.infos, kmap.decoder)
     return DecoderConfig.from_shapes(shapes)
 
 

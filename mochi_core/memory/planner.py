@@ -19,7 +19,10 @@ and checked against measured allocation peaks on CPU (``tests/unit/test_planner_
 - **phases** run one after another on the compute device; each brings in its own weights and releases the
   previous ones: text encoding (T5), sampling (DiT: all blocks resident, or N resident and the others streamed
   by :mod:`mochi_core.memory.streaming`, which adds ``1 + prefetch`` block buffers), decoding (decoder weights +
-  one tile's working set).
+  one tile's working set, which holds the decoded video once, as the float32 output accumulator; the pipeline moves
+  it to the CPU as soon as the decode returns, so it is not counted again after the decode).
+- ``resident_blocks`` / ``batch_cfg`` / ``decode_tile`` force a choice; the smallest budget that fits is then the
+  smallest with those choices kept.
 
 On CUDA, ``reserve_bytes`` (default 768 MiB: CUDA context, cuBLAS workspaces, allocator rounding) is added to
 every phase before comparing with the budget; on CPU it is 0.
@@ -28,14 +31,13 @@ every phase before comparing with the budget; on CPU it is 0.
 from __future__ import annotations
 
 import json
-import math
-import re
-from dataclasses import asdict, dataclass, field
+import logging
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from ..errors import DoesNotFitError, InvalidInputError
+from ..errors import DoesNotFitError
 from .estimates import (
     _DTYPE_BYTES,
     ATTENTIONS,
@@ -51,6 +53,18 @@ from .estimates import (
     t5_activation_bytes,
     t5_weight_bytes,
 )
+from .phases import PhaseModel, PhasePeak
+from .plan_args import (
+    check_bool,
+    check_decode_tile,
+    check_frame_size,
+    check_instance,
+    check_int,
+    check_optional_bool,
+    check_plan_device,
+    check_reserve,
+)
+from .units import GB, format_bytes, parse_bytes
 
 __all__ = [
     "Plan",
@@ -69,53 +83,7 @@ __all__ = [
     "DIT_STORAGES",
 ]
 
-GiB = 1 << 30
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-    "k": 2**10,
-    "m": 2**20,
-    "g": 2**30,
-}
-
-
-# ----------------------------------------------------------------------------------------------
-# Units
-# ----------------------------------------------------------------------------------------------
-
-
-def parse_bytes(value: str | int | float) -> int:
-    """``"20GB"`` -> 20·10⁹, ``"12GiB"`` / ``"12G"`` -> 12·2³⁰, ``"500MB"``, ``"1.5GB"``, ``"123"`` / 123 -> bytes."""
-    if isinstance(value, bool):
-        raise InvalidInputError(f"budget={value!r} is not a size; use e.g. 20GB, 12GiB, 500MB or a byte count")
-    if isinstance(value, (int, float)):
-        if value <= 0 or not math.isfinite(value):
-            raise InvalidInputError(f"budget={value!r} must be a positive number of bytes")
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
-    unit = m.group(2).lower() if m else None
-    if m is None or unit not in _UNITS:
-        raise InvalidInputError(
-            f"budget={value!r} is not a size; use a number with an optional unit: B, KB, MB, GB, TB (powers of 10) "
-            "or KiB, MiB, GiB, TiB (powers of 2), e.g. 20GB or 12GiB"
-        )
-    out = int(float(m.group(1)) * _UNITS[unit])
-    if out <= 0:
-        raise InvalidInputError(f"budget={value!r} must be positive")
-    return out
-
-
-def format_bytes(n: int | float) -> str:
-    """Bytes as GB (powers of 10) with two decimals, plus GiB: '12.34 GB (11.49 GiB)'."""
-    return f"{n / 1e9:.2f} GB ({n / GiB:.2f} GiB)"
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,27 +92,14 @@ def format_bytes(n: int | float) -> str:
 
 
 @dataclass(frozen=True)
-class PhasePeak:
-    """Predicted peak of one phase on the compute device (bytes). ``peak_bytes`` = sum of the parts + reserve."""
-
-    name: str
-    weights_bytes: int
-    activation_bytes: int
-    workspace_bytes: int
-    other_bytes: int
-    reserve_bytes: int
-    peak_bytes: int
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Plan:
     """What :func:`plan` decided and predicts. All sizes in bytes; see :meth:`to_json`.
 
     ``resident_blocks`` = DiT blocks kept on the device (``depth`` = no streaming);
     ``t5_resident_blocks`` likewise for T5 layers. ``decode_tile`` = latent (T, H, W) per tile, ``decode_tiles``
-    the number of tiles. ``min_budget_bytes`` = smallest budget with which some plan fits (every phase at its
-    smallest setting); ``limiting_phase`` = the phase that sets it.
+    the number of tiles; ``decode_tile_forced``: the caller fixed the tile (then :attr:`tile` gives it to the
+    decode instead of :attr:`memory_budget`). ``min_budget_bytes`` = smallest budget with which some plan fits
+    (every phase at its smallest setting, forced choices kept); ``limiting_phase`` = the phase that sets it.
     """
 
     width: int
@@ -181,6 +136,8 @@ class Plan:
     notes: tuple[str, ...] = ()
     #: components ("dit", "t5") whose storage is the file's own (planned from the file; nothing to convert)
     as_stored: tuple[str, ...] = ()
+    decode_norm: str = "tile"
+    decode_tile_forced: bool = False
 
     # -- the attributes `mochi_core.pipeline.generate(plan=...)` reads ------------------------------
     @property
@@ -194,9 +151,20 @@ class Plan:
         return None if "t5" in self.as_stored else self.t5_storage
 
     @property
-    def memory_budget(self) -> int:
-        """Bytes the VAE decode may use for its working set (the budget minus decoder weights and reserve)."""
-        return self.decode_budget_bytes
+    def memory_budget(self) -> int | None:
+        """Bytes the VAE decode may use for its working set (the budget minus decoder weights and reserve);
+        None when the decode tile was forced (:attr:`tile` applies then)."""
+        return None if self.decode_tile_forced else self.decode_budget_bytes
+
+    @property
+    def tile(self) -> Any:
+        """The forced decode tile as a :class:`~mochi_core.vae.tiling.TilePlan` (clamped to the latent), for
+        ``VAE.decode(tile=...)``; None when the planner chooses the tile from :attr:`memory_budget`."""
+        if not self.decode_tile_forced:
+            return None
+        from ..vae.tiling import TilePlan
+
+        return TilePlan(*self.decode_tile, self.decode_overlap, self.decode_norm)
 
     @property
     def dit_load_device(self) -> str:
@@ -258,24 +226,18 @@ class Plan:
             f"DiT {self.dit_storage}: {self.resident_blocks}/{self.depth} blocks resident"
             + (" (streaming)" if self.streaming else "")
             + f", CFG batched: {self.batch_cfg}; T5 {self.t5_storage}: {self.t5_resident_blocks}/{self.t5_layers} layers "
-            f"resident; decode tile {self.decode_tile} x{self.decode_tiles}",
+            f"resident; decode tile {self.decode_tile} x{self.decode_tiles}"
+            + (" (forced)" if self.decode_tile_forced else ""),
         ]
         for p in self.phases:
             lines.append(
-                f"  {p.name:14s} {format_bytes(p.peak_bytes)} = weights {p.weights_bytes / 1e9:.2f} + activations "
-                f"{p.activation_bytes / 1e9:.2f} + workspace {p.workspace_bytes / 1e9:.2f} + other {p.other_bytes / 1e9:.2f}"
-                f" + reserve {p.reserve_bytes / 1e9:.2f} GB"
+                f"  {p.name:14s} {format_bytes(p.peak_bytes)} = weights {p.weights_bytes / GB:.2f} GB + activations "
+                f"{p.activation_bytes / GB:.2f} GB + workspace {p.workspace_bytes / GB:.2f} GB + other "
+                f"{p.other_bytes / GB:.2f} GB + reserve {p.reserve_bytes / GB:.2f} GB"
             )
         lines.append(f"smallest budget that fits: {format_bytes(self.min_budget_bytes)} (set by {self.limiting_phase})")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
-
-
-def _streamed_weights(other: int, blocks: list[int], resident: int, prefetch: bool) -> int:
-    """Device bytes of a streamed model: non-block tensors, the first N blocks and the streamed block buffers."""
-    streamed = sorted(blocks[resident:], reverse=True)
-    buffers = sum(streamed[: 1 + int(prefetch)])
-    return other + sum(blocks[:resident]) + buffers
 
 
 def plan(
@@ -298,179 +260,86 @@ def plan(
     text_tokens: int | None = None,
     resident_blocks: int | None = None,
     prefetch: bool = True,
-    decode_tile: tuple[int, ...] | None = None,
-    reserve_bytes: int | None = None,
+    decode_tile: Any = None,
+    reserve_bytes: int | str | None = None,
 ) -> Plan:
     """Plan one ``width``x``height``x``frames`` generation under ``budget_bytes`` on ``device``.
 
     Chooses, in this order of preference: the whole DiT resident with batched CFG, then unbatched CFG, then block
     streaming with the most resident blocks that fit; T5 layers resident, else streamed; the largest decode tile
-    that fits. ``resident_blocks`` / ``batch_cfg`` / ``decode_tile`` force a choice. ``text_tokens``: valid prompt
-    tokens in the joint attention (default 256, the worst case). Sizes follow mochi-spec.md §3.6 (frames 6k+1,
-    width/height multiples of 16). Returns a :class:`Plan` (``fits`` may be False; see :func:`require_fit`).
+    that fits. ``resident_blocks`` (0..depth) / ``batch_cfg`` (True, False; None = choose) / ``decode_tile`` (a
+    ``TilePlan``, latent frames per chunk, or (frames, height, width[, overlap]) latents) force a choice, and the
+    smallest budget that fits is computed with them kept. ``text_tokens``: valid prompt tokens in the joint attention
+    (0..the DiT's token length, default all of them, the worst case). ``reserve_bytes``: kept free on the device
+    (bytes or a size such as "768MiB"; default 768 MiB on CUDA, 0 on CPU). Sizes follow mochi-spec.md §3.6 (frames
+    6k+1, width/height multiples of 16). Every argument is validated first
+    (:class:`~mochi_core.errors.InvalidInputError` names it). Returns a :class:`Plan` (``fits`` may be False; see
+    :func:`require_fit`).
     """
     from ..dit.config import DiTConfig
     from ..vae.config import DecoderConfig
 
-    for name, v in (("width", width), ("height", height), ("frames", frames)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise InvalidInputError(f"{name}={v!r} must be a positive integer")
-    if width % 16 or height % 16:
-        raise InvalidInputError(f"width and height must be multiples of 16; got {width}x{height}")
-    if (frames - 1) % 6:
-        raise InvalidInputError(f"frames={frames} is not allowed: frames must be 6k+1 (e.g. 7, 31, 85, 163)")
-    budget = parse_bytes(budget_bytes)
-    dev = str(device).split(":")[0].strip().lower()
-    if dev not in ("cuda", "cpu"):
-        raise InvalidInputError(f"device={device!r} is not supported by the planner; allowed: cuda, cpu")
+    width, height, frames = check_frame_size(width, height, frames)
+    budget = parse_bytes(budget_bytes, what="budget_bytes")
+    dev = check_plan_device(device)
     dit_storage = _norm_storage(dit_storage, "dit_storage", DIT_STORAGES)
     t5_storage = _norm_storage(t5_storage, "t5_storage", DIT_STORAGES)
     vae_dtype = _norm_storage(vae_dtype, "vae_dtype", VAE_DTYPES)
-    attention = str(attention).strip().lower()
-    if attention not in ATTENTIONS:
-        raise InvalidInputError(f"attention={attention!r} is not supported; allowed: {', '.join(ATTENTIONS)}")
+    attention = _norm_storage(attention, "attention", ATTENTIONS)
     cdt = _norm_storage(compute_dtype or ("bf16" if dev == "cuda" else "fp32"), "compute_dtype", VAE_DTYPES)
-    a = _DTYPE_BYTES[cdt]
     t5c = _norm_storage(t5_compute_dtype, "t5_compute_dtype", ("fp32", "bf16"))
-    cfg = dit_config or DiTConfig()
-    t5s = t5_sizes or T5Sizes()
-    dcfg = decoder_config or DecoderConfig()
-    reserve = int(reserve_bytes if reserve_bytes is not None else (768 * 2**20 if dev == "cuda" else 0))
-    notes: list[str] = []
-
-    lt, lh, lw = (frames - 1) // 6 + 1, height // 8, width // 8
-    latent_bytes = cfg.in_channels * lt * lh * lw * 4
-    p = cfg.patch_size
-    n_tok = lt * (lh // p) * (lw // p)
-    l_txt = cfg.t5_token_length if text_tokens is None else int(text_tokens)
-    backend = attention_backend(dev, attention, a, cfg.head_dim)
-    if backend == "math":
-        notes.append("attention falls back to the MATH kernel: O(S^2) scores (use bf16 on CUDA or attention='flash')")
-    carried = 2 * t5s.tokens * t5s.d_model * 4 + 2 * t5s.tokens  # features + masks of prompt and negative prompt
-
-    # -- text encoding --------------------------------------------------------------------------
-    t5_other, t5_layers = t5_weight_bytes(t5s, t5_storage)
-    t5_act = t5_activation_bytes(t5s, prompts=2, compute_dtype=t5c, storage=t5_storage)
-
-    def text_phase(resident: int) -> PhasePeak:
-        w = (
-            _streamed_weights(t5_other, t5_layers, resident, prefetch)
-            if resident < len(t5_layers)
-            else t5_other + sum(t5_layers)
-        )
-        return PhasePeak("text_encoding", w, t5_act, 0, carried, reserve, w + t5_act + carried + reserve,
-                         {"resident_layers": resident, "layers": len(t5_layers)})  # fmt: skip
-
-    # -- sampling -------------------------------------------------------------------------------
-    d_other, d_blocks = dit_weight_bytes(cfg, dit_storage)
-    depth = len(d_blocks)
-
-    def sampling_phase(resident: int, batched: bool) -> PhasePeak:
-        b = 2 if batched else 1
-        act = dit_activation_bytes(
-            cfg,
-            visual_tokens=n_tok,
-            text_tokens=l_txt,
-            batch=b,
-            compute_dtype=cdt,
-            storage=dit_storage,
-            backend=backend,
-        )
-        w = _streamed_weights(d_other, d_blocks, resident, prefetch) if resident < depth else d_other + sum(d_blocks)
-        other = carried + 4 * latent_bytes
-        act_b = act["total"] - act["attention_workspace"]
-        return PhasePeak(
-            "sampling",
-            w,
-            act_b,
-            act["attention_workspace"],
-            other,
-            reserve,
-            w + act["total"] + other + reserve,
-            {"resident_blocks": resident, "batch": b, "activation_parts": act},
-        )
-
-    # -- decoding -------------------------------------------------------------------------------
-    from ..vae.tiling import TilePlan, choose_tiles, min_decode_bytes
-
-    dec_w = decoder_weight_bytes(dcfg, vae_dtype)
-    vdt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[vae_dtype]
-    lat_shape = (1, dcfg.latent_dim, lt, lh, lw)
-    dec_other = 2 * latent_bytes
-
-    def decode_phase(tile: Any) -> PhasePeak:
-        ws = decode_working_set_bytes(lat_shape, tile, config=dcfg, dtype=vae_dtype)
-        tp = tile.clamp(lt, lh, lw)
-        n_tiles = (
-            math.ceil(lt / tp.frames) * _count_tiles(lh, tp.height, tp.overlap) * _count_tiles(lw, tp.width, tp.overlap)
-        )
-        detail = {"tile": [tp.frames, tp.height, tp.width], "overlap": tp.overlap, "tiles": n_tiles}
-        return PhasePeak("decoding", dec_w, ws, 0, dec_other, reserve, dec_w + ws + dec_other + reserve, detail)
-
-    def decode_for_budget() -> PhasePeak:
-        room = budget - dec_w - dec_other - reserve
-        try:
-            tile = choose_tiles(lat_shape, max(room, 1), dcfg, vdt)
-        except DoesNotFitError:
-            tile = _smallest_tile(lh, lw)
-        return decode_phase(tile)
-
-    # -- choices ----------------------------------------------------------------------------------
-    def fits(ph: PhasePeak) -> bool:
-        return ph.peak_bytes <= budget
-
-    # T5
-    t5_choice = len(t5_layers)
-    while t5_choice > 0 and not fits(text_phase(t5_choice)):
-        t5_choice -= 1
-    text = text_phase(t5_choice)
-    # DiT
+    cfg = check_instance("dit_config", dit_config, DiTConfig, "mochi_core.dit.config") or DiTConfig()
+    t5s = check_instance("t5_sizes", t5_sizes, T5Sizes, "mochi_core.memory.T5Sizes") or T5Sizes()
+    dcfg = check_instance("decoder_config", decoder_config, DecoderConfig, "mochi_core.vae.config") or DecoderConfig()
+    batch_cfg = check_optional_bool("batch_cfg", batch_cfg)
+    prefetch = check_bool("prefetch", prefetch)
+    if text_tokens is None:
+        l_txt = cfg.t5_token_length
+    else:
+        l_txt = check_int("text_tokens", text_tokens, low=0, high=cfg.t5_token_length)
+    forced_tile = check_decode_tile(decode_tile)
+    reserve = check_reserve(reserve_bytes, dev)
     if resident_blocks is not None:
-        if not 0 <= int(resident_blocks) <= depth:
-            raise InvalidInputError(f"resident_blocks={resident_blocks!r} must be from 0 to {depth}")
-        batched = bool(batch_cfg) if batch_cfg is not None else fits(sampling_phase(int(resident_blocks), True))
-        samp = sampling_phase(int(resident_blocks), batched)
-    else:
-        options = [True, False] if batch_cfg is None else [bool(batch_cfg)]
-        samp = None
-        for batched in options:
-            cand = sampling_phase(depth, batched)
-            if fits(cand):
-                samp = cand
-                break
-        if samp is None:
-            batched = options[-1]
-            n = depth
-            while n > 0 and not fits(sampling_phase(n, batched)):
-                n -= 1
-            samp = sampling_phase(n, batched)
-    # decode
-    if decode_tile is not None:
-        tile = TilePlan.parse(tuple(int(v) for v in decode_tile))
-        dec = decode_phase(tile)
-    else:
-        dec = decode_for_budget()
+        check_int("resident_blocks", resident_blocks, low=0, high=cfg.depth)
 
+    backend = attention_backend(dev, attention, _DTYPE_BYTES[cdt], cfg.head_dim)
+    model = PhaseModel(
+        latent=((frames - 1) // 6 + 1, height // 8, width // 8),
+        dit_config=cfg,
+        t5_sizes=t5s,
+        decoder_config=dcfg,
+        dit_storage=dit_storage,
+        t5_storage=t5_storage,
+        vae_dtype=vae_dtype,
+        compute_dtype=cdt,
+        t5_compute_dtype=t5c,
+        backend=backend,
+        text_tokens=l_txt,
+        prefetch=prefetch,
+        reserve=reserve,
+    )
+    text = _choose_text(model, budget)
+    samp = _choose_sampling(model, budget, resident_blocks, batch_cfg)
+    dec = model.decoding(forced_tile) if forced_tile is not None else model.decoding_for_budget(budget)
+    minima = {
+        "text_encoding": model.text(0).peak_bytes,
+        # forced choices stay forced: the smallest budget is the one with which *this* request fits
+        "sampling": model.sampling(resident_blocks or 0, bool(batch_cfg)).peak_bytes,
+        "decoding": (dec if forced_tile is not None else model.smallest_decoding()).peak_bytes,
+    }
     phases = (text, samp, dec)
     peak_phase = max(phases, key=lambda ph: ph.peak_bytes)
-    minima = {
-        "text_encoding": text_phase(0).peak_bytes,
-        "sampling": sampling_phase(0, False).peak_bytes,
-        "decoding": dec_w + min_decode_bytes(lat_shape, dcfg, vdt) + dec_other + reserve,
-    }
     limiting = max(minima, key=lambda k: minima[k])
     resident = int(samp.detail["resident_blocks"])
-    if resident < depth:
-        notes.append(f"block streaming: {depth - resident} of {depth} DiT blocks stream from pinned host memory")
-    if t5_choice < len(t5_layers):
-        notes.append(f"T5 layer streaming: {len(t5_layers) - t5_choice} of {len(t5_layers)} layers stream")
-    return Plan(
+    t5_resident = int(text.detail["resident_layers"])
+    notes = _notes(model, backend, resident, t5_resident)
+    result = Plan(
         width=width,
         height=height,
         frames=frames,
         device=dev,
         budget_bytes=budget,
-        fits=all(fits(ph) for ph in phases),
+        fits=all(ph.peak_bytes <= budget for ph in phases),
         predicted_peak_bytes=peak_phase.peak_bytes,
         min_budget_bytes=minima[limiting],
         limiting_phase=limiting,
@@ -481,38 +350,66 @@ def plan(
         compute_dtype=cdt,
         attention=attention,
         attention_backend=backend,
-        latent_shape=(cfg.in_channels, lt, lh, lw),
-        visual_tokens=n_tok,
+        latent_shape=(cfg.in_channels, model.lt, model.lh, model.lw),
+        visual_tokens=model.visual_tokens,
         text_tokens=l_txt,
         batch_cfg=samp.detail["batch"] == 2,
-        depth=depth,
+        depth=model.depth,
         resident_blocks=resident,
-        streaming=resident < depth,
+        streaming=resident < model.depth,
         prefetch=prefetch,
-        t5_layers=len(t5_layers),
-        t5_resident_blocks=t5_choice,
+        t5_layers=model.t5_depth,
+        t5_resident_blocks=t5_resident,
         decode_tile=tuple(dec.detail["tile"]),  # type: ignore[arg-type]
         decode_overlap=int(dec.detail["overlap"]),
         decode_tiles=int(dec.detail["tiles"]),
-        decode_budget_bytes=max(0, budget - dec_w - dec_other - reserve),
+        decode_budget_bytes=model.decode_room(budget),
         phases=phases,
         notes=tuple(notes),
+        decode_norm=str(dec.detail["norm"]),
+        decode_tile_forced=forced_tile is not None,
     )
+    logger.debug("plan: %s", result.summary())
+    return result
 
 
-def _smallest_tile(lh: int, lw: int) -> Any:
-    """The plan :func:`mochi_core.vae.tiling.min_decode_bytes` prices: 1 latent frame, 8x8-latent tiles."""
-    from ..vae.tiling import MIN_TILE, TilePlan
+def _choose_text(model: PhaseModel, budget: int) -> PhasePeak:
+    """All T5 layers resident if that fits, else the most resident layers that fit (at least 0)."""
+    n = model.t5_depth
+    while n > 0 and model.text(n).peak_bytes > budget:
+        n -= 1
+    return model.text(n)
 
-    th, tw = min(lh, MIN_TILE), min(lw, MIN_TILE)
-    return TilePlan(1, th, tw, max(1, min(4, min(th, tw) // 4)))
+
+def _choose_sampling(model: PhaseModel, budget: int, resident: int | None, batch_cfg: bool | None) -> PhasePeak:
+    """Whole DiT with batched CFG, then unbatched, then streaming with the most resident blocks that fit;
+    ``resident`` / ``batch_cfg`` (validated) force their part of the choice."""
+    if resident is not None:
+        batched = batch_cfg if batch_cfg is not None else model.sampling(resident, True).peak_bytes <= budget
+        return model.sampling(resident, batched)
+    options = [True, False] if batch_cfg is None else [batch_cfg]
+    for batched in options:
+        whole = model.sampling(model.depth, batched)
+        if whole.peak_bytes <= budget:
+            return whole
+    batched = options[-1]
+    n = model.depth
+    while n > 0 and model.sampling(n, batched).peak_bytes > budget:
+        n -= 1
+    return model.sampling(n, batched)
 
 
-def _count_tiles(length: int, size: int, overlap: int) -> int:
-    if size >= length:
-        return 1
-    step = max(1, size - overlap)
-    return math.ceil((length - size) / step) + 1
+def _notes(model: PhaseModel, backend: str, resident: int, t5_resident: int) -> list[str]:
+    notes = []
+    if backend == "math":
+        notes.append("attention falls back to the MATH kernel: O(S^2) scores (use bf16 on CUDA or attention='flash')")
+    if resident < model.depth:
+        notes.append(
+            f"block streaming: {model.depth - resident} of {model.depth} DiT blocks stream from pinned host memory"
+        )
+    if t5_resident < model.t5_depth:
+        notes.append(f"T5 layer streaming: {model.t5_depth - t5_resident} of {model.t5_depth} layers stream")
+    return notes
 
 
 def require_fit(p: Plan) -> Plan:

@@ -7,7 +7,11 @@ memory and travel to the GPU when used, peers.md §6.5, issue 7) with our own me
 - Blocks ``0..N-1`` and every non-block tensor (embedders, final layer) live on ``device``.
 - Blocks ``N..depth-1`` live on the offload device (pinned CPU memory when ``device`` is CUDA). A block's
   forward pre-hook brings it in, its forward hook sends it back (inference only: the home copy never
-  changes, so "sending back" is dropping the device copy, no transfer).
+  changes, so "sending back" is dropping the device copy, no transfer). The forward hooks are registered with
+  ``always_call=True``, and a model-level forward hook sends back every streamed block still on the device, so a
+  forward that raises (out of memory, an interrupt, bad input) leaves only the N resident blocks on the device.
+- One streamer per model: installing a second one while the first is attached is refused
+  (:class:`~mochi_core.errors.InvalidInputError`); :meth:`BlockStreamer.remove` detaches it.
 - With ``prefetch=True`` the pre-hook of block ``i`` also starts loading block ``i+1`` (on a side CUDA stream,
   so the copy overlaps block ``i``'s compute; on CPU the same logic runs synchronously). So at most
   ``N + 1 + prefetch`` blocks occupy the compute device at any moment; :class:`StreamingStats` records it.
@@ -45,6 +49,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Slot = tuple[nn.Module, str, bool]  # (owner module, attribute name, is_parameter)
+_MARK = "_mochi_block_streamer"  # attribute set on the model and its blocks list while a streamer is attached
 
 
 def tensor_slots(module: nn.Module) -> list[Slot]:
@@ -166,6 +171,8 @@ class BlockStreamer:
         blocks: nn.ModuleList | None = None,
         copy_on_load: bool | None = None,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise InvalidInputError(f"block streaming needs an nn.Module model; got {type(model).__name__}")
         if blocks is None:
             blocks = getattr(model, "blocks", None)
         if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
@@ -173,6 +180,12 @@ class BlockStreamer:
                 f"block streaming needs a model with a non-empty `blocks` nn.ModuleList (or blocks=...); "
                 f"{type(model).__name__} has none"
             )
+        for owner in (model, blocks):
+            if owner.__dict__.get(_MARK) is not None:
+                raise InvalidInputError(
+                    f"block streaming is already installed on this {type(model).__name__}; call remove() on the "
+                    "handle enable_block_streaming returned before installing it again"
+                )
         depth = len(blocks)
         if (
             isinstance(resident_blocks, bool)
@@ -228,8 +241,12 @@ class BlockStreamer:
 
         for i, blk in enumerate(blocks):
             self._hooks.append(blk.register_forward_pre_hook(self._make_pre_hook(i)))
-            self._hooks.append(blk.register_forward_hook(self._make_post_hook(i)))
+            # always_call: the block goes back even when its forward (or its pre-hook) raises
+            self._hooks.append(blk.register_forward_hook(self._make_post_hook(i), always_call=True))
         self._hooks.append(model.register_forward_pre_hook(self._model_pre_hook))
+        self._hooks.append(model.register_forward_hook(self._model_post_hook, always_call=True))
+        for owner in (model, blocks):
+            owner.__dict__[_MARK] = self
         logger.info(
             "block streaming: %d of %d blocks resident on %s, %d streamed from %s (prefetch=%s, pinned=%s)",
             resident_blocks,
@@ -315,6 +332,15 @@ class BlockStreamer:
         if self.prefetch and first < self.depth:
             self._load(first, ahead=True)
 
+    def _model_post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        """After the model's forward, also one that raised: no streamed block stays on the device (a block
+        prefetched for a forward that never ran, or one whose forward was cut short)."""
+        left = sorted(i for i in self._loaded if self.is_streamed(i))
+        if left:
+            logger.debug("block streaming: sending back blocks %s left on %s after the forward", left, self.device)
+        for i in left:
+            self._unload(i)
+
     def _make_pre_hook(self, index: int) -> Callable[[nn.Module, Any], None]:
         def pre_hook(module: nn.Module, args: Any) -> None:
             if self.is_streamed(index):
@@ -339,28 +365,6 @@ class BlockStreamer:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def offload_all(self) -> None:
-        """Send every tensor of the model (resident blocks and non-block layers too) to the offload device.
-
-        Used at the end of the sampling phase so the decoder gets the compute device; hooks stay installed
-        and :meth:`restore` brings the resident part back.
-        """
-        for i in list(self._loaded):
-            self._unload(i)
-        for slot in tensor_slots(self.model):
-            t = _get(slot)
-            if t.device == self.device and not self.same_device:
-                h = t.to(self.offload_device)
-                _bind(slot, h.pin_memory() if self.pin_memory and h.device.type == "cpu" else h)
-
-    def restore(self) -> None:
-        """Undo :meth:`offload_all`: non-block tensors and the first N blocks back on the compute device."""
-        block_params = {id(_get(s)) for i in range(self.resident_blocks, self.depth) for s in self._slots[i]}
-        for slot in tensor_slots(self.model):
-            t = _get(slot)
-            if id(t) not in block_params and t.device != self.device:
-                _bind(slot, t.to(self.device))
-
     def remove(self) -> None:
         """Remove the hooks. Streamed blocks are left on the offload device as real tensors (never meta)."""
         if self._removed:
@@ -375,6 +379,9 @@ class BlockStreamer:
             for slot, h in zip(self._slots[i], self._home[i]):
                 _bind(slot, h)
             self._loaded.discard(i)
+        for owner in (self.model, self.blocks):
+            if owner.__dict__.get(_MARK) is self:
+                del owner.__dict__[_MARK]
         self._removed = True
 
     def __enter__(self) -> BlockStreamer:

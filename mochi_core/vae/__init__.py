@@ -18,13 +18,15 @@ from .latents import (
     normalize_latent,
 )
 from .layers import add_fourier_features
-from .loader import VAE, build_from_state_dict, load_vae
-from .tiling import TilePlan, choose_tiles, decode_working_set_bytes, min_decode_bytes
+from .loader import VAE, VAE_STORAGE_DTYPES, build_from_state_dict, check_vae_storage_dtype, load_vae
+from .tiling import TilePlan, choose_tiles, count_tiles, decode_working_set_bytes, min_decode_bytes, smallest_tile
 
 __all__ = [
     "VAE",
     "load_vae",
     "build_from_state_dict",
+    "check_vae_storage_dtype",
+    "VAE_STORAGE_DTYPES",
     "DecoderConfig",
     "EncoderConfig",
     "Decoder",
@@ -33,6 +35,8 @@ __all__ = [
     "choose_tiles",
     "decode_working_set_bytes",
     "min_decode_bytes",
+    "smallest_tile",
+    "count_tiles",
     "normalize_latent",
     "denormalize_latent",
     "latent_preview",

@@ -6,7 +6,8 @@ DepthToSpaceTime); mochi-spec.md §4.3. Keys are the official ones (``blocks.0.0
 
 Streaming (:meth:`Decoder.start_stream`): consecutive calls on consecutive temporal chunks of one latent decode
 to the same frames as one whole call, because every temporal coupling is a causal conv whose context is carried
-(``CausalConv3d.cache``) and the depth-to-space-time frame drop happens only in the first chunk.
+(``CausalConv3d.cache``) and the depth-to-space-time frame drop happens only in the first chunk. A decode of one
+chunk per tile starts the stream with ``carry=False``: nothing follows, so no conv keeps a cache.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..errors import InvalidInputError
 from .config import DecoderConfig
 from .layers import CausalConv3d, GroupNormPerFrame, NormContext, ResBlock, frame_chunk
 
@@ -80,13 +82,17 @@ class Decoder(nn.Module):
             m.layer_id = i
 
     # ------------------------------------------------------------------ streaming / tiling hooks
-    def start_stream(self, norm_ctx: NormContext | None = None) -> None:
-        """Begin a temporal stream: clear conv caches, first-chunk flags and frame counters."""
+    def start_stream(self, norm_ctx: NormContext | None = None, *, carry: bool = True) -> None:
+        """Begin a temporal stream: clear conv caches, first-chunk flags and frame counters.
+
+        ``carry``: later calls continue the previous one (causal context cached by every conv). With
+        ``carry=False`` (a single chunk) each call is a whole decode and no cache is kept; ``norm_ctx`` still applies.
+        """
         for m in self.modules():
             if isinstance(m, CausalConv3d):
-                m.streaming, m.cache = True, None
+                m.streaming, m.cache = carry, None
             elif isinstance(m, UpsampleBlock):
-                m.streaming, m.first_done = True, False
+                m.streaming, m.first_done = carry, False
             elif isinstance(m, GroupNormPerFrame):
                 m.ctx, m.frame_offset = norm_ctx, 0
 
@@ -101,9 +107,13 @@ class Decoder(nn.Module):
                 m.ctx, m.frame_offset = None, 0
 
     # ------------------------------------------------------------------ forward
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """z: (B, latent_dim, T, H, W) in the compute dtype -> (B, out_channels, T_out, 8H, 8W) (T_out = 6(T-1)+1
-        for a whole call; 6T - 5 for the first streamed chunk and 6T for later ones)."""
+        for a whole call; 6T - 5 for the first streamed chunk and 6T for later ones).
+
+        ``out``: a tensor (or view) of that shape, any floating dtype, that receives the result directly (the caller's
+        output accumulator), so the decoded frames are never held twice; it is returned.
+        """
         x = z
         for i, stage in enumerate(self.blocks):
             if isinstance(stage, nn.ModuleList):
@@ -114,7 +124,11 @@ class Decoder(nn.Module):
             if i == 0:
                 del z
         b, c, t, h, w = x.shape
-        out = x.new_empty(b, self.config.out_channels, t, h, w)
+        shape = (b, self.config.out_channels, t, h, w)
+        if out is None:
+            out = x.new_empty(shape)
+        elif tuple(out.shape) != shape:
+            raise InvalidInputError(f"out must have shape {shape} (the decoded chunk); got {tuple(out.shape)}")
         wgt = self.output_proj.compute_weight(x.dtype, x.device)
         bias = self.output_proj.compute_bias(x.dtype, x.device)
         step = frame_chunk(t)

@@ -17,19 +17,38 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..devices import check_device
 from ..errors import InvalidInputError, UnsupportedCheckpointError
 from ..formats.io import Checkpoint, open_checkpoint
-from ..formats.vae import vae_key_map
-from ..precision import FLOAT8_DTYPES, default_compute_dtype, parse_dtype
+from ..formats.vae import mapped_shapes, vae_key_map
+from ..precision import FLOAT8_DTYPES, check_compute_dtype, default_compute_dtype, dtype_name, parse_dtype
 from .config import DecoderConfig, EncoderConfig
 from .decoder import Decoder
 from .encoder import Encoder
 from .layers import GroupNormPerFrame, add_fourier_features
 from .tiling import TilePlan, choose_tiles, decode_working_set_bytes, tiled_decode
 
-__all__ = ["VAE", "load_vae", "build_from_state_dict"]
+__all__ = ["VAE", "load_vae", "build_from_state_dict", "VAE_STORAGE_DTYPES", "check_vae_storage_dtype"]
 
 log = logging.getLogger(__name__)
+
+#: Storage dtypes the VAE may be converted to. No fp8: the VAE's convs have no per-tensor scales (an unscaled fp8
+#: weight or bias loses too much), and the whole decoder is only 0.7 GB in bf16.
+VAE_STORAGE_DTYPES = ("fp32", "bf16", "fp16")
+
+
+def check_vae_storage_dtype(dtype: str | torch.dtype | None, *, what: str = "dtype") -> torch.dtype | None:
+    """The VAE storage conversion asked for (None / "auto": keep the file's dtype); refuses fp8 and unknown names
+    with :class:`InvalidInputError` naming ``what`` and the allowed values."""
+    hint = f"allowed: {', '.join(VAE_STORAGE_DTYPES)} or 'auto' (keep the file's)"
+    try:
+        parsed = parse_dtype(dtype, what=what)
+    except InvalidInputError:
+        raise InvalidInputError(f"{what}={dtype!r} is not a VAE storage dtype; {hint}") from None
+    if parsed is not None and dtype_name(parsed) not in VAE_STORAGE_DTYPES:
+        why = " (fp8 storage is for the DiT and T5: the VAE has no fp8 scales)" if parsed in FLOAT8_DTYPES else ""
+        raise InvalidInputError(f"{what}={dtype_name(parsed)} is not a VAE storage dtype{why}; {hint}")
+    return parsed
 
 
 def _install(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
@@ -76,14 +95,6 @@ def _fill(
         _install(model, key, t.to(device=device, dtype=target))
 
 
-def _shapes(ckpt: Checkpoint, mapping: dict[str, list[str]]) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for k, srcs in mapping.items():
-        shapes = [ckpt.infos[s].shape for s in srcs]
-        out[k] = (sum(s[0] for s in shapes),) + tuple(shapes[0][1:]) if len(shapes) > 1 else tuple(shapes[0])
-    return out
-
-
 def _fetcher(ckpt: Checkpoint, mapping: dict[str, list[str]]) -> Callable[[str], torch.Tensor]:
     def fetch(key: str) -> torch.Tensor:
         srcs = mapping[key]
@@ -125,15 +136,17 @@ class VAE:
         assert model is not None
         return next(model.parameters()).dtype
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> VAE:
-        """Move the weights to ``device`` (storage dtype kept) and optionally set the compute dtype."""
-        dev = torch.device(device)
+    def to(self, device: torch.device | str, dtype: str | torch.dtype | None = None) -> VAE:
+        """Move the weights to ``device`` (storage dtype kept) and optionally set the compute dtype (fp32, bf16,
+        fp16). Both are validated before anything moves."""
+        dev = check_device(device)
+        compute = check_compute_dtype("dtype", dtype, device=dev) if dtype is not None else None
         for m in (self.decoder, self.encoder):
             if m is not None:
                 m.to(dev)
         self.device = dev
-        if dtype is not None:
-            self.dtype = dtype
+        if compute is not None:
+            self.dtype = compute
         return self
 
     def weight_bytes(self) -> int:
@@ -165,14 +178,33 @@ class VAE:
         if not bool(torch.isfinite(latent).all()):
             raise InvalidInputError("latent contains NaN or inf values; the sampler output is broken")
 
+    def _decode_config(self, latent_shape: tuple[int, ...]) -> DecoderConfig:
+        if self.decoder is None:
+            raise InvalidInputError(f"{self.path or 'this VAE'}: the file has no decoder")
+        cfg = self.decoder.config
+        shape = tuple(latent_shape) if isinstance(latent_shape, (tuple, list, torch.Size)) else None
+        if (
+            shape is None
+            or len(shape) != 5
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
+            or shape[1] != cfg.latent_dim
+        ):
+            raise InvalidInputError(
+                f"latent_shape must be (B, {cfg.latent_dim}, T, H, W) with positive ints; got {latent_shape!r}"
+            )
+        return cfg
+
     def plan_decode(self, latent_shape: tuple[int, ...], memory_budget: int) -> TilePlan:
         """The tile plan :meth:`decode` would use for ``memory_budget`` bytes (raises DoesNotFitError)."""
-        assert self.decoder is not None
-        return choose_tiles(tuple(latent_shape), int(memory_budget), self.decoder.config, self.dtype)
+        cfg = self._decode_config(latent_shape)
+        if not isinstance(memory_budget, int) or isinstance(memory_budget, bool) or memory_budget <= 0:
+            raise InvalidInputError(f"memory_budget must be a positive int (bytes); got {memory_budget!r}")
+        return choose_tiles(tuple(latent_shape), memory_budget, cfg, self.dtype)
 
-    def working_set_bytes(self, latent_shape: tuple[int, ...], tile: TilePlan) -> int:
-        assert self.decoder is not None
-        return decode_working_set_bytes(tuple(latent_shape), tile, self.decoder.config, self.dtype)
+    def working_set_bytes(self, latent_shape: tuple[int, ...], tile: TilePlan | int | tuple[int, ...]) -> int:
+        """Estimated peak bytes of :meth:`decode` with ``tile`` (output accumulator included)."""
+        cfg = self._decode_config(latent_shape)
+        return decode_working_set_bytes(tuple(latent_shape), TilePlan.parse(tile), cfg, self.dtype)
 
     @torch.inference_mode()
     def decode(
@@ -196,8 +228,6 @@ class VAE:
         if memory_budget is not None and tile is not None:
             raise InvalidInputError("pass either memory_budget or tile, not both")
         if memory_budget is not None:
-            if not isinstance(memory_budget, int) or isinstance(memory_budget, bool) or memory_budget <= 0:
-                raise InvalidInputError(f"memory_budget must be a positive int (bytes); got {memory_budget!r}")
             plan = self.plan_decode(tuple(latent.shape), memory_budget)
         elif tile is not None:
             plan = TilePlan.parse(tile)
@@ -241,7 +271,7 @@ def build_from_state_dict(
     decoder_sd: dict[str, torch.Tensor] | None, encoder_sd: dict[str, torch.Tensor] | None, *, device: str = "cpu"
 ) -> VAE:
     """A VAE from official-name state dicts in memory (tests, conversions)."""
-    dev = torch.device(device)
+    dev = check_device(device)
     dec = enc = None
     if decoder_sd is not None:
         with torch.device("meta"):
@@ -263,20 +293,20 @@ def load_vae(
 ) -> VAE:
     """Load a Mochi VAE file (decoder and/or encoder; every published layout, mochi-spec.md §7) into a :class:`VAE`.
 
-    dtype: storage dtype for the weights (None keeps the file's dtype; GroupNorm parameters are never stored in
-    fp8). compute_dtype: dtype of activations (default: float32 on CPU, bfloat16 on CUDA). The configuration is
-    inferred from tensor shapes. Refuses DiT / T5 files, unknown layouts, truncated files and pickles.
+    device: "cpu", "cuda", "cuda:N", ... (refused when not usable here). dtype: storage dtype for the weights, fp32 /
+    bf16 / fp16 (None keeps the file's dtype; fp8 is refused: the VAE has no fp8 scales and is small).
+    compute_dtype: dtype of activations, fp32 / bf16 / fp16 (default: float32 on CPU, bfloat16 on CUDA). Every
+    argument is checked before the file is opened. The configuration is inferred from tensor shapes. Refuses DiT /
+    T5 files, unknown layouts, truncated files and pickles.
     """
-    dev = torch.device(device)
-    storage = parse_dtype(dtype, what="dtype")
-    compute = parse_dtype(compute_dtype, what="compute_dtype") or default_compute_dtype(dev)
-    if compute in FLOAT8_DTYPES:
-        raise InvalidInputError("compute_dtype must be fp32, bf16 or fp16")
+    dev = check_device(device)
+    storage = check_vae_storage_dtype(dtype, what="dtype")
+    compute = check_compute_dtype("compute_dtype", compute_dtype, device=dev)
     with open_checkpoint(path) as ckpt:
         kmap = vae_key_map(ckpt.keys(), path=str(path))
         dec = enc = None
         if kmap.decoder is not None:
-            cfg = DecoderConfig.from_shapes(_shapes(ckpt, kmap.decoder))
+            cfg = DecoderConfig.from_shapes(mapped_shapes(ckpt.infos, kmap.decoder))
             with torch.device("meta"):
                 dec = Decoder(cfg)
             _fill(
@@ -289,7 +319,7 @@ def load_vae(
                 dtype=storage,
             )
         if kmap.encoder is not None:
-            ecfg = EncoderConfig.from_shapes(_shapes(ckpt, kmap.encoder))
+            ecfg = EncoderConfig.from_shapes(mapped_shapes(ckpt.infos, kmap.encoder))
             with torch.device("meta"):
                 enc = Encoder(ecfg)
             _fill(

@@ -16,14 +16,18 @@ Working-set formula (bytes; :func:`decode_working_set_bytes`), for a plan with n
 tile h x w latents, e = element size of the compute dtype:
 
     output accumulator   B * C_out * F_out * (8H) * (8W) * 4   (+ (8H)(8W) * 4 blend weights when tiled)
-    conv caches          sum over 3x3x3 convs of 2 frames * C * (h S) * (w S) * e      (S = spatial scale there)
+    conv caches          sum over 3x3x3 convs of 2 frames * C * (h S) * (w S) * e      (S = spatial scale there;
+                         only with several temporal chunks: a single chunk carries nothing)
     stage peak           max over stages of  (K_RES + P_k) * M_k  (res blocks)  and  M_in + K_PROJ * M_out (up blocks)
                          with M = B * C * T * (h S) * (w S) * e the feature map of that stage for one chunk and
                          P_k = (T + 2) / T * (hS + 2)(wS + 2) / (hS wS) the padded conv input (a res block holds
                          its input, the padded buffer the GroupNorm writes into, and the conv output)
-    + one chunk of decoder output and the largest conv weight cast to the compute dtype,
+    + one tile chunk of decoder output (e, plus its float32 copy for 16-bit compute) when tiles are blended (whole
+      frames are written straight into the accumulator) and the largest conv weight cast to the compute dtype;
 
-times SAFETY. The constants were fitted to peaks measured with :class:`mochi_core.memory.PeakMemoryTracker`.
+everything but the (exact) accumulator times SAFETY. The decoded video is thus held once, in the accumulator, and
+only while the decode runs: callers move it off the device before converting it (``mochi_core.pipeline``). The
+constants were fitted to peaks measured with :class:`mochi_core.memory.PeakMemoryTracker`.
 """
 
 from __future__ import annotations
@@ -36,14 +40,17 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import DoesNotFitError, InvalidInputError, MochiInterrupted
+from ..memory.units import format_bytes
 from .config import DecoderConfig
 from .decoder import Decoder
-from .layers import NormContext
+from .layers import NormContext, frame_chunk
 
 __all__ = [
     "TilePlan",
     "decode_working_set_bytes",
     "min_decode_bytes",
+    "smallest_tile",
+    "count_tiles",
     "choose_tiles",
     "tiled_decode",
     "axis_tiles",
@@ -118,7 +125,14 @@ def axis_tiles(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
     return [(s, s + size) for s in starts]
 
 
-def _axis_weights(tiles: list[tuple[int, int]], scale: int, length: int) -> list[tuple[torch.Tensor, int, int]]:
+def count_tiles(latent_shape: tuple[int, ...], plan: TilePlan) -> int:
+    """Decoder calls of one pass of ``plan`` over a (B, C, T, H, W) latent: temporal chunks x tile rows x columns."""
+    _, _, t, h, w = (int(v) for v in latent_shape)
+    p = plan.clamp(t, h, w)
+    return math.ceil(t / p.frames) * len(axis_tiles(h, p.height, p.overlap)) * len(axis_tiles(w, p.width, p.overlap))
+
+
+def _axis_weights(tiles: list[tuple[int, int]], scale: int) -> list[tuple[torch.Tensor, int, int]]:
     """Per tile: (weights over its output span, owned start, owned end). Neighbours cross-fade linearly over the
     middle half of their shared span; owned ranges split each shared span at its middle (latent units)."""
     out = []
@@ -188,6 +202,7 @@ def decode_working_set_bytes(
     tiled = p.height < h_lat or p.width < w_lat
     if tiled:
         out_bytes += h_lat * sf * w_lat * sf * 8
+    carry = p.frames < t_lat  # several temporal chunks: every causal conv keeps its last 2 input frames
     n_res = list(reversed(config.num_res_blocks))  # stage order: input stage, up blocks coarse->fine, last
     stages, scales = _stage_maps(config, p.frames, p.height, p.width)
     cache = 0
@@ -196,30 +211,40 @@ def decode_working_set_bytes(
         m = b * c * t * px * e
         # res blocks of stage k: stage 0 holds n_res[0] + n_res[1] (input block + first up block's blocks)
         nres = n_res[0] + n_res[1] if k == 0 else (n_res[k + 1] if k + 1 < len(n_res) else 0)
-        cache += 2 * nres * 2 * b * c * px * e
+        if carry:
+            cache += 2 * nres * 2 * b * c * px * e
         if nres:
             hs, ws = p.height * scales[k], p.width * scales[k]
             padf = (t + 2) / t * (hs + 2) * (ws + 2) / (hs * ws)
-            peak = max(peak, int((K_RES + padf) * m))
+            # GroupNorm works in float32 on frame_chunk(t) frames at a time: the input and the normalised copy
+            gn = 2 * frame_chunk(t) / t * 4 / e
+            peak = max(peak, int((max(K_RES, 1 + gn) + padf) * m))
         if k + 1 < len(stages):
             c2, t2, px2 = stages[k + 1]
             m_out = b * c2 * t2 * px2 * e
             peak = max(peak, m + int(K_PROJ * m_out))
-    last_c, last_t, last_px = stages[-1]
-    out_chunk = b * config.out_channels * last_t * last_px * 4 * 2
+    _, last_t, last_px = stages[-1]
+    # blended tiles: the decoder's chunk output (compute dtype) and, for 16-bit compute, its float32 copy
+    out_chunk = b * config.out_channels * last_t * last_px * (e + (4 if e != 4 else 0)) if tiled else 0
     wmax = max(c * c * 27 for c in config.channels) * e
-    return int(SAFETY * (out_bytes + cache + peak + out_chunk + wmax))
+    return out_bytes + int(SAFETY * (cache + peak + out_chunk + wmax))
 
 
 def _default_overlap(size: int) -> int:
     return max(1, min(8, size // 3))
 
 
-def min_decode_bytes(latent_shape: tuple[int, ...], config: DecoderConfig, dtype: torch.dtype = torch.float32) -> int:
-    """Working set of the smallest plan :func:`choose_tiles` can propose (1 latent frame, MIN_TILE tiles)."""
-    _, _, t, h, w = latent_shape
+def smallest_tile(latent_shape: tuple[int, ...], norm: str = "tile") -> TilePlan:
+    """The smallest plan :func:`choose_tiles` proposes for a (B, C, T, H, W) latent: 1 latent frame per chunk,
+    MIN_TILE x MIN_TILE-latent tiles (the whole axis when shorter)."""
+    h, w = int(latent_shape[3]), int(latent_shape[4])
     th, tw = min(h, MIN_TILE), min(w, MIN_TILE)
-    return decode_working_set_bytes(latent_shape, TilePlan(1, th, tw, _default_overlap(min(th, tw))), config, dtype)
+    return TilePlan(1, th, tw, _default_overlap(min(th, tw)), norm)
+
+
+def min_decode_bytes(latent_shape: tuple[int, ...], config: DecoderConfig, dtype: torch.dtype = torch.float32) -> int:
+    """Working set of :func:`smallest_tile`, the least any plan of :func:`choose_tiles` needs."""
+    return decode_working_set_bytes(latent_shape, smallest_tile(latent_shape), config, dtype)
 
 
 def choose_tiles(
@@ -245,8 +270,8 @@ def choose_tiles(
     minimum = min_decode_bytes(latent_shape, config, dtype)
     if minimum > budget:
         raise DoesNotFitError(
-            f"VAE decode of a latent {tuple(latent_shape)} needs at least {minimum / 2**20:.1f} MiB "
-            f"(smallest tile, one latent frame per chunk); memory_budget is {budget / 2**20:.1f} MiB",
+            f"VAE decode of a latent {tuple(latent_shape)} needs at least {format_bytes(minimum)} "
+            f"(smallest tile, one latent frame per chunk); memory_budget is {format_bytes(budget)}",
             min_budget_bytes=minimum,
         )
     best: TilePlan | None = None
@@ -273,8 +298,7 @@ def choose_tiles(
             if fits(plan):
                 best, best_cost = plan, cost
     if best is None:  # the smallest tile fits (checked above)
-        th, tw = min(h, MIN_TILE), min(w, MIN_TILE)
-        best = TilePlan(1, th, tw, _default_overlap(min(th, tw)), norm)
+        best = smallest_tile(latent_shape, norm)
     n = 1
     while n < t and fits(TilePlan(n + 1, best.height, best.width, best.overlap, norm)):
         n += 1
@@ -310,8 +334,8 @@ def tiled_decode(
     passes = ["collect", "apply"] if (tiled and p.norm == "global") else ["local"]
     total = len(passes) * len(rows) * len(cols) * len(chunks)
     out = torch.zeros(b, cfg.out_channels, f_out, h_lat * sf, w_lat * sf, dtype=torch.float32, device=z.device)
-    wy = _axis_weights(rows, sf, h_lat)
-    wx = _axis_weights(cols, sf, w_lat)
+    wy = _axis_weights(rows, sf)
+    wx = _axis_weights(cols, sf)
     wsum = torch.zeros(h_lat * sf, w_lat * sf, dtype=torch.float32, device=z.device) if tiled else None
     ctx = NormContext() if tiled and p.norm == "global" else None
     log.debug(
@@ -331,7 +355,7 @@ def tiled_decode(
                 for (x0, x1), (wcol, ox0, ox1) in zip(cols, wx):
                     if ctx is not None:
                         ctx.owned = (oy0 - y0, oy1 - y0, ox0 - x0, ox1 - x0)
-                    decoder.start_stream(ctx)
+                    decoder.start_stream(ctx, carry=len(chunks) > 1)
                     weight = None
                     if tiled:
                         weight = (wrow[:, None] * wcol[None, :]).to(torch.float32).to(z.device)
@@ -340,16 +364,15 @@ def tiled_decode(
                     for t0, t1 in chunks:
                         if should_stop is not None and should_stop():
                             raise MochiInterrupted("VAE decode interrupted")
-                        y = decoder(z[:, :, t0:t1, y0:y1, x0:x1])
-                        if mode != "collect":
-                            f0 = 0 if t0 == 0 else cfg.frames_out(t0)
-                            f1 = cfg.frames_out(t1)
-                            dst = out[:, :, f0:f1, y0 * sf : y1 * sf, x0 * sf : x1 * sf]
-                            if weight is None:
-                                dst.copy_(y)
-                            else:
-                                dst.add_(y.to(torch.float32).mul_(weight))
-                        del y
+                        zc = z[:, :, t0:t1, y0:y1, x0:x1]
+                        f0 = 0 if t0 == 0 else cfg.frames_out(t0)
+                        dst = out[:, :, f0 : cfg.frames_out(t1), y0 * sf : y1 * sf, x0 * sf : x1 * sf]
+                        if mode == "collect":
+                            decoder(zc)
+                        elif weight is None:
+                            decoder(zc, out=dst)  # whole frames: written straight into the accumulator
+                        else:
+                            dst.add_(decoder(zc).to(torch.float32).mul_(weight))
                         done += 1
                         if progress is not None:
                             progress(done, total)

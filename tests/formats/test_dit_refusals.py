@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def test_t5_file_refused(tmp_path: Path) -> None:
 
 def test_unknown_layout_refused(tmp_path: Path) -> None:
     save_file({"foo.weight": torch.zeros(2, 2), "bar.bias": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
-    with pytest.raises(UnsupportedCheckpointError, match=r"unknown checkpoint layout.*'foo.weight'|'bar.bias'"):
+    with pytest.raises(UnsupportedCheckpointError, match=r"unknown checkpoint layout.*('foo\.weight'|'bar\.bias')"):
         load_dit(tmp_path / "x.safetensors")
 
 
@@ -103,3 +104,59 @@ def test_missing_backend_names_package(tmp_path: Path, sd, backend: str, package
         pytest.skip(f"{module} is installed")
     with pytest.raises(MissingBackendError, match=f"pip install {package}"):
         load_dit(write_dit(tmp_path / "o.safetensors", "official", sd), attention=backend)
+
+
+def test_two_file_keys_for_one_tensor_refused(tmp_path: Path, sd) -> None:
+    """A file holding both a GGUF and a plain copy of one layer is refused, not silently resolved (last one wins)."""
+    path = write_dit(tmp_path / "q.safetensors", "gguf_q8_0", sd)
+    mixed = load_file(str(path))
+    mixed["blocks.0.attn.qkv_x.weight"] = sd["blocks.0.attn.qkv_x.weight"]
+    save_file(mixed, str(tmp_path / "mixed.safetensors"))
+    with pytest.raises(
+        UnsupportedCheckpointError,
+        match=r"('blocks\.0\.attn\.qkv_x\.weight' and 'blocks\.0\.attn\.qkv_x\.Q8_0_qweight'"
+        r"|'blocks\.0\.attn\.qkv_x\.Q8_0_qweight' and 'blocks\.0\.attn\.qkv_x\.weight')"
+        r" both give the DiT tensor 'blocks\.0\.attn\.qkv_x\.weight'",
+    ):
+        load_dit(tmp_path / "mixed.safetensors")
+
+
+def test_two_diffusers_names_for_one_tensor_refused(tmp_path: Path, sd) -> None:
+    """diffusers' norm1_context.linear and .linear_1 both map to mod_y: a file with both is refused."""
+    folder = write_dit(tmp_path / "d", "diffusers", sd)
+    file = folder / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(file))
+    tensors["transformer_blocks.0.norm1_context.linear_1.bias"] = tensors[
+        "transformer_blocks.0.norm1_context.linear.bias"
+    ].clone()
+    save_file(tensors, str(file))
+    with pytest.raises(UnsupportedCheckpointError, match=r"both give the DiT tensor 'blocks\.0\.mod_y\.bias'"):
+        load_dit(folder)
+
+
+def test_non_scalar_scale_weight_refused(tmp_path: Path, sd) -> None:
+    path = write_dit(tmp_path / "s.safetensors", "comfy_scaled_fp8", sd)
+    tensors = load_file(str(path))
+    key = "model.diffusion_model.blocks.0.mlp_x.w1.scale_weight"
+    tensors[key] = torch.ones(4)
+    save_file(tensors, str(path))
+    with pytest.raises(
+        UnsupportedCheckpointError,
+        match=r"'model\.diffusion_model\.blocks\.0\.mlp_x\.w1\.scale_weight' must be a single",
+    ):
+        load_dit(path)
+
+
+@pytest.mark.parametrize("device", ["gpu", "GPU:0", "tpu", "cuda:x"])
+def test_unknown_device_refused_before_loading(tmp_path: Path, device: str) -> None:
+    # the path does not exist: the device is checked first
+    with pytest.raises(InvalidInputError, match=rf"device='{re.escape(device)}' is not a device.*allowed: cpu"):
+        load_dit(tmp_path / "none.safetensors", device=device)
+
+
+def test_cuda_without_cuda_refused(tmp_path: Path, sd, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_dit(tmp_path / "o.safetensors", "official", sd)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:0", torch.device("cuda")):
+        with pytest.raises(InvalidInputError, match=r"device='cuda(:0)?' but CUDA is not available.*allowed: cpu"):
+            load_dit(path, device=device)

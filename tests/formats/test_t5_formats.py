@@ -3,12 +3,17 @@ plain transformers T5EncoderModel holding the same (dequantized) weights; lossle
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from mochi_core import load_text_encoder
+from mochi_core.errors import UnsupportedCheckpointError
+from mochi_core.formats.io import open_checkpoint
+from mochi_core.formats.t5 import inspect_t5
 from mochi_core.ops import CastWeights
 from mochi_core.testing.t5 import T5_LAYOUTS, effective_state_dict, reference_t5, write_t5
 
@@ -87,3 +92,20 @@ def test_scaled_fp8_converted_to_another_storage_keeps_its_values(files, encoded
     assert torch.equal(wo.weight, expected)
     feat, _ = enc.encode(PROMPTS)
     assert (feat - encoded["fp8_e4m3fn_scaled"][0]).abs().max().item() <= 1e-6
+
+
+def test_non_scalar_t5_scale_refused(tmp_path: Path) -> None:
+    """A scaled-fp8 T5 whose scale_weight is not one value is refused from the header, naming the key."""
+    path = write_t5(tmp_path / "s.safetensors", "fp8_e4m3fn_scaled")
+    tensors = load_file(str(path))
+    key = next(k for k in sorted(tensors) if k.endswith(".scale_weight"))
+    tensors[key] = torch.ones(2, 2)
+    save_file(tensors, str(path))
+    with (
+        open_checkpoint(path) as ckpt,
+        pytest.raises(
+            UnsupportedCheckpointError,
+            match=rf"'{re.escape(key)}' must be a single floating-point scale.*shape \[2, 2\]",
+        ),
+    ):
+        inspect_t5(ckpt)

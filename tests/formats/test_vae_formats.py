@@ -169,3 +169,39 @@ def test_bad_dtype_names(files):
         load_vae(files["official_decoder"], dtype="int8")
     with pytest.raises(InvalidInputError, match="compute_dtype"):
         load_vae(files["official_decoder"], compute_dtype="fp8_e4m3fn")
+
+
+@pytest.mark.parametrize(
+    "device, match",
+    [
+        ("gpu", r"device='gpu' is not a device \('gpu' is spelled 'cuda'\); allowed: cpu"),
+        ("cuda:99", r"device='cuda:99'"),
+        (3.5, r"device must be a device name or torch.device"),
+        ("banana", r"device='banana' is not a device; allowed: cpu"),
+    ],
+)
+def test_bad_device_refused_before_the_file_is_read(tmp_path, device, match):
+    """The device is checked first: the (missing) file is never opened, and the error names ``device``."""
+    with pytest.raises(InvalidInputError, match=match):
+        load_vae(tmp_path / "missing.safetensors", device=device)
+
+
+@pytest.mark.parametrize("storage", ["fp8_e4m3fn", "fp8_e5m2", torch.float8_e4m3fn])
+def test_fp8_vae_storage_refused(files, storage):
+    """fp8 has no scales in the VAE (every conv weight and bias would be stored unscaled): refused, naming the
+    allowed storage dtypes, before the file is read."""
+    with pytest.raises(InvalidInputError, match=r"dtype=fp8_e[45]m[32].* not a VAE storage dtype.*fp32, bf16, fp16"):
+        load_vae(files["official_decoder"], dtype=storage)
+
+
+def test_vae_storage_and_compute_dtypes_that_work(files):
+    vae = load_vae(files["official_decoder"], dtype="bf16", compute_dtype="float32")
+    assert vae.storage_dtype == torch.bfloat16 and vae.dtype == torch.float32
+    with pytest.raises(InvalidInputError, match=r"compute_dtype=fp8_e4m3fn cannot be a compute dtype"):
+        load_vae(files["official_decoder"], compute_dtype="fp8_e4m3fn")
+    with pytest.raises(InvalidInputError, match=r"dtype=fp8_e5m2 cannot be a compute dtype"):
+        vae.to("cpu", torch.float8_e5m2)
+    with pytest.raises(InvalidInputError, match="device='gpu'"):
+        vae.to("gpu")
+    assert vae.device == torch.device("cpu") and vae.dtype == torch.float32  # refused moves change nothing
+    assert vae.to("cpu", "bf16").dtype == torch.bfloat16

@@ -40,6 +40,8 @@ class ReplayDiT:
         self.run = run
         self.sigmas = run["sigma_schedule"].tolist()
         self.calls: list[tuple[int, int]] = []
+        #: per DiT call: (step, batch size, conditionings in batch order), to tell batched from separate CFG
+        self.batches: list[tuple[int, int, tuple[str, ...]]] = []
 
     def _step(self, sigma: float) -> int:
         return [torch.tensor(s, dtype=torch.float32).item() for s in self.sigmas].index(sigma)
@@ -49,6 +51,8 @@ class ReplayDiT:
         i = self._step(sigma[0].item())
         z_in = self.run["noise"] if i == 0 else self.run[f"step{i - 1}_latent"]
         outs = []
+        keys = tuple("cond" if bool(mask[b].any()) else "uncond" for b in range(x.shape[0]))
+        self.batches.append((i, x.shape[0], keys))
         for b in range(x.shape[0]):
             assert torch.equal(x[b : b + 1], z_in), f"step {i}: latent fed to the DiT differs"
             cond = bool(mask[b].any())
@@ -77,8 +81,12 @@ def test_loop_arithmetic_is_bit_exact(run, batch_cfg) -> None:
     )
     assert torch.equal(z, run["final_latent"])
     assert seen == [(0, 4), (1, 4), (2, 4), (3, 4)]
-    # batched: one call of batch 2 per step; separate: two calls of batch 1
+    # batched: one call of batch 2 (cond first) per step; separate: two calls of batch 1, cond then uncond
     assert len(dit.calls) == 8
+    if batch_cfg:
+        assert dit.batches == [(i, 2, ("cond", "uncond")) for i in range(4)]
+    else:
+        assert dit.batches == [(i, 1, (k,)) for i in range(4) for k in ("cond", "uncond")]
 
 
 def test_explicit_schedules_give_the_same_run(run) -> None:

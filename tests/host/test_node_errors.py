@@ -75,9 +75,60 @@ def test_t5_file_in_vae_loader_is_refused(comfy_host, models, prompt) -> None:
 
 
 def test_empty_prompt_list_is_refused(comfy_host, models, prompt) -> None:
+    """ComfyUI reads ``"text": []`` as a malformed link; the pack's own check says what the input must be."""
     node_id = prompt[find_nodes(prompt, "MochiSampler")[0]]["inputs"]["positive"][0]
     prompt[node_id]["inputs"]["text"] = []
-    rejected(comfy_host, prompt)
+    body = rejected(comfy_host, prompt)
+    assert "text must be a prompt string" in body and "an empty list" in body, body
+
+
+def test_batch_size_above_the_maximum_is_refused_by_the_pack(comfy_host, models, prompt) -> None:
+    """``VALIDATE_INPUTS`` takes ``batch_size``, so ComfyUI skips its own max check: the pack must refuse it."""
+    (sampler,) = find_nodes(prompt, "MochiSampler")
+    prompt["90"] = {
+        "class_type": "MochiEmptyLatent",
+        "inputs": {"width": 32, "height": 32, "frames": 7, "batch_size": 65},
+    }
+    prompt[sampler]["inputs"]["latent"] = ["90", 0]
+    body = rejected(comfy_host, prompt)
+    assert "batch_size=65 is not allowed" in body and "from 1 to 64" in body, body
+
+
+def test_linked_latent_size_is_accepted_and_checked_when_it_runs(comfy_host, models, prompt) -> None:
+    """A linked width reaches ``VALIDATE_INPUTS`` as None: queued, then refused at run time with our message."""
+    (sampler,) = find_nodes(prompt, "MochiSampler")
+    prompt["91"] = {"class_type": "PrimitiveInt", "inputs": {"value": 40}}
+    prompt["90"] = {
+        "class_type": "MochiEmptyLatent",
+        "inputs": {"width": ["91", 0], "height": 32, "frames": 7, "batch_size": 1},
+    }
+    prompt[sampler]["inputs"]["latent"] = ["90", 0]
+    result = comfy_host.client.run(prompt, timeout=120)
+    assert result.status == "error", result.status
+    assert result.error["node_type"] == "MochiEmptyLatent"
+    assert "width=40 is not allowed" in result.error["exception_message"], result.error
+    prompt["91"]["inputs"]["value"] = 48
+    ok = comfy_host.client.run(prompt, timeout=120)
+    assert ok.status == "success", ok.error
+
+
+def test_partly_valid_prompt_is_queued_not_reported_as_rejected(comfy_host, models, prompt) -> None:
+    """ComfyUI answers 200 with non-empty node_errors when it queues the valid outputs and drops invalid ones: the
+    client returns the prompt id (the valid output runs) and reports the dropped node."""
+    (vae_loader,) = find_nodes(prompt, "MochiVAELoader")
+    prompt["90"] = {
+        "class_type": "MochiEmptyLatent",
+        "inputs": {"width": 32, "height": 32, "frames": 30, "batch_size": 1},
+    }
+    prompt["91"] = {
+        "class_type": "MochiVAEDecodeTiled",
+        "inputs": {"vae": [vae_loader, 0], "samples": ["90", 0], "memory_budget_gb": 0.0},
+    }
+    prompt["92"] = {"class_type": "PreviewImage", "inputs": {"images": ["91", 0]}}
+    result = comfy_host.client.run(prompt, timeout=120)
+    assert result.status == "success", result.error
+    assert "90" in result.node_errors and "frames=30" in json.dumps(result.node_errors["90"])
+    assert any(f["filename"].endswith(".mp4") for f in result.files()), result.outputs()
 
 
 def test_denoise_without_latent_is_a_clear_execution_error(comfy_host, models, prompt) -> None:

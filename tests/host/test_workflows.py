@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import build_workflows
 import pytest
 from headless import apply_overrides, find_nodes
 from tiny_models import probe_video, write_all, write_test_video
@@ -41,6 +42,11 @@ def small(prompt: dict, name: str) -> dict:
 
 def api_workflows() -> list[Path]:
     return sorted(API_DIR.glob("*.json"))
+
+
+def test_core_node_facts_of_the_workflow_builder_match_the_server(comfy_host) -> None:
+    """scripts/build_workflows.py writes core nodes' widgets from CORE_NODES: they must be the live host's."""
+    assert build_workflows.core_node_mismatches(comfy_host.client.object_info()) == []
 
 
 def test_there_are_three_shipped_workflows() -> None:

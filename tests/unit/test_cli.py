@@ -138,3 +138,101 @@ def test_generate_help_lists_the_issue_options() -> None:
         assert opt in help_text
     for opt in ("--steps", "--cfg", "--seed", "--out", "--json", "--frames-dir"):
         assert opt in help_text
+
+
+@pytest.fixture
+def fake_generate(monkeypatch):
+    """generate() replaced by a stand-in returning a tiny 7-frame video; records its calls."""
+    import torch
+
+    import mochi_core.pipeline as pipeline
+
+    calls: list[dict] = []
+
+    def fake(prompt, **kw):
+        calls.append(kw)
+        frames = torch.linspace(0, 1, 7 * 32 * 48 * 3).reshape(7, 32, 48, 3)
+        summary = {"frames": 7, "seed": kw["seed"], "timings": {"total_s": 0.0}}
+        return pipeline.GenerationResult(frames=frames, latent=torch.zeros(1, 12, 2, 4, 6), summary=summary)
+
+    monkeypatch.setattr(pipeline, "generate", fake)
+    return calls
+
+
+def _gen(*extra: str) -> list[str]:
+    return ["generate", "--prompt", "x", "--dit", "d", "--vae", "v", "--t5", "t", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--crf", "60"], ["--crf 60", "0..51"]),
+        (["--crf", "-1"], ["--crf -1", "0..51"]),
+        (["--fps", "0"], ["--fps 0"]),
+        (["--device", "gpu"], ["--device='gpu'", "not a device"]),
+        (["--memory-budget", "lots"], ["--memory-budget='lots'", "not a size"]),
+        (["--budget", "12 parsecs"], ["--budget='12 parsecs'", "not a size"]),
+    ],
+)
+def test_options_are_refused_before_generating(fake_generate, tmp_path, capsys, extra, words) -> None:
+    rc = main(_gen("--out", str(tmp_path / "v.mp4"), *extra))
+    err = capsys.readouterr().err
+    assert rc == 2 and fake_generate == [], err
+    for w in words:
+        assert w in err, err
+    # the option is named, not the planner's argument
+    assert "budget=" not in err.replace("--memory-budget=", "").replace("--budget=", "")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_device_without_cuda_is_refused(fake_generate, tmp_path, capsys) -> None:
+    rc = main(_gen("--out", str(tmp_path / "v.mp4"), "--device", "cuda"))
+    assert rc == 2 and fake_generate == [] and "CUDA is not available" in capsys.readouterr().err
+
+
+def test_output_folders_must_be_writable_before_generating(fake_generate, tmp_path, capsys) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    rc = main(_gen("--out", str(blocker / "sub" / "v.mp4")))
+    err = capsys.readouterr().err
+    assert rc == 2 and "--out" in err and "is a file, not a folder" in err
+    rc = main(_gen("--out", str(tmp_path / "ok.mp4"), "--frames-dir", str(blocker / "png")))
+    err = capsys.readouterr().err
+    assert rc == 2 and "--frames-dir" in err and "is a file, not a folder" in err
+    rc = main(_gen("--out", str(tmp_path)))  # an existing folder, even with a .mp4-less name, is refused
+    assert rc == 2 and ".mp4" in capsys.readouterr().err
+    (tmp_path / "dir.mp4").mkdir()
+    rc = main(_gen("--out", str(tmp_path / "dir.mp4")))
+    assert rc == 2 and "is a folder" in capsys.readouterr().err
+    assert fake_generate == []
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "read_only"
+        ro.mkdir(mode=0o555)
+        rc = main(_gen("--out", str(ro / "v.mp4")))
+        assert rc == 2 and "not writable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_frames_dir", [False, True])
+def test_a_failed_mp4_still_leaves_the_frames_as_png(
+    fake_generate, tmp_path, capsys, monkeypatch, with_frames_dir
+) -> None:
+    import mochi_core.video as video
+
+    def broken(*a, **k):
+        raise Exception("[Errno 22] Invalid argument: encoder libx264 refused the options")  # as PyAV raises
+
+    monkeypatch.setattr(video, "write_mp4", broken)
+    out = tmp_path / "fox.mp4"
+    extra = ["--frames-dir", str(tmp_path / "png")] if with_frames_dir else []
+    rc = main(_gen("--out", str(out), *extra))
+    err = capsys.readouterr().err
+    png_dir = tmp_path / "png" if with_frames_dir else tmp_path / "fox_frames"
+    assert rc == 1 and len(fake_generate) == 1
+    assert "writing" in err and "libx264" in err and str(png_dir) in err and "PNG" in err
+    assert len(sorted(png_dir.glob("frame_*.png"))) == 7
+
+
+def test_parse_bytes_names_the_option() -> None:
+    with pytest.raises(InvalidInputError) as exc:
+        parse_bytes("20 parsecs", name="--memory-budget")
+    assert "--memory-budget" in str(exc.value) and "budget=" not in str(exc.value).replace("--memory-budget=", "")

@@ -11,8 +11,9 @@ import torch
 
 from mochi_core import DiTConfig, load_dit
 from mochi_core.dit.config import swiglu_hidden
+from mochi_core.dit.embeddings import AttentionPool, masked_mean
 from mochi_core.dit.model import AsymmDiT
-from mochi_core.dit.rope import apply_rope, rope_positions
+from mochi_core.dit.rope import apply_rope, rope_frequencies, rope_positions
 from mochi_core.errors import InvalidInputError
 from mochi_core.testing.dit import random_dit_state_dict, write_dit
 
@@ -107,6 +108,14 @@ def _inputs(b: int = 1, t: int = 1, h: int = 4, w: int = 6, length: int = 16) ->
         (lambda a: (*a[:3], a[3][0]), r"t5_mask must have shape \(B, L\)"),
         (lambda a: (*a[:2], a[2].repeat(2, 1, 1), a[3].repeat(2, 1)), "batch sizes differ: x has B=1, t5_feat 2"),
         (lambda a: (*a[:3], a[3].float() * 0.5), "t5_mask must be bool"),
+        (lambda a: (a[0][:0], a[1][:0], a[2][:0], a[3][:0]), r"at least one sample.*B=0"),
+        (lambda a: (a[0][:, :, :0], *a[1:]), r"at least one sample and one latent frame.*T=0"),
+        (lambda a: (a[0].to(torch.int64), *a[1:]), "x must be a floating-point latent"),
+        (lambda a: (a[0], "0.5", *a[2:]), "sigma must be a number or a \\(B,\\) tensor.*got str"),
+        (lambda a: (a[0], None, *a[2:]), "sigma must be a number.*got NoneType"),
+        (lambda a: (a[0], [0.5, "x"], *a[2:]), "sigma must be a number.*got list"),
+        (lambda a: (a[0], torch.tensor([True]), *a[2:]), "sigma must be a real.*torch.bool"),
+        (lambda a: (*a[:2], a[2].to(torch.int64), a[3]), "t5_feat must be floating-point"),
     ],
 )
 def test_bad_inputs_are_refused(tiny, change, match: str) -> None:
@@ -145,3 +154,81 @@ def test_block_hooks_see_every_block(tiny) -> None:
         for h in handles:
             h.remove()
     assert seen == [0, 1]
+
+
+def test_rope_angles_use_no_matmul_and_are_fp32_exact() -> None:
+    """Angles are elementwise products summed in fp32 (an einsum / matmul could run in TF32 on a GPU)."""
+    from torch.overrides import TorchFunctionMode
+
+    matmuls = {torch.einsum, torch.matmul, torch.mm, torch.bmm, torch.tensordot, torch.Tensor.__matmul__}
+    called: list[str] = []
+
+    class Spy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in matmuls:
+                called.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(0)
+    freqs = torch.randn(3, 24, 64, generator=g) * 0.1
+    with Spy():
+        rot = rope_frequencies(freqs, 3, 30, 53)
+    assert called == []
+    pos = rope_positions(3, 30, 53).double()
+    ref = (pos[:, :, None, None] * freqs.double()[None]).sum(1)  # (N, H, F) in float64
+    assert rot.dtype == torch.complex64
+    torch.testing.assert_close(rot.to(torch.complex128), torch.polar(torch.ones_like(ref), ref), atol=1e-5, rtol=0)
+
+
+def test_masked_mean_is_fp32_and_ignores_non_finite_padding() -> None:
+    x = torch.randn(2, 6, 8, dtype=torch.bfloat16)
+    mask = torch.tensor([[True, True, True, False, False, False], [False] * 6])
+    x[0, 3] = float("nan")
+    x[0, 4] = float("inf")
+    x[1] = float("nan")
+    out = masked_mean(x, mask)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out[0], x[0, :3].float().mean(0), atol=1e-6, rtol=0)
+    assert torch.equal(out[1], torch.zeros(8))  # no valid token: mean 0 (official), even over NaN padding
+
+
+def test_caption_pool_takes_the_mean_from_the_fp32_features(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With a bf16 compute dtype the caption mean is still taken from the fp32 T5 features, as Genmo's code does."""
+    from mochi_core.dit import embeddings
+
+    seen: list[torch.dtype] = []
+    real = embeddings.masked_mean
+    monkeypatch.setattr(embeddings, "masked_mean", lambda x, m: seen.append(x.dtype) or real(x, m))
+    model = load_dit(write_dit(tmp_path / "b.safetensors", "comfy_bf16"), dtype="bf16")
+    with torch.inference_mode():
+        out = model(*_inputs())
+    assert seen == [torch.float32] and torch.isfinite(out).all()
+
+
+def test_attention_pool_output_unchanged_by_nan_padding() -> None:
+    pool = AttentionPool(32, 8, 16)
+    for p in pool.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, 5, 32)
+    mask = torch.tensor([[True, True, False, False, False], [True] * 5])
+    clean = pool(x, mask)
+    x[0, 2:] = float("nan")
+    assert torch.equal(pool(x, mask), clean)
+
+
+def test_nan_in_padded_t5_positions_does_not_poison_the_output(tiny) -> None:
+    """Padding is never read: NaN there gives the same (finite) prediction as clean padding, batched or not."""
+    x, s, f, m = _inputs(b=2)
+    m[0, 5:] = False
+    m[1, 9:] = False
+    with torch.inference_mode():
+        clean = tiny(x, s, f, m)
+        f[~m] = float("nan")
+        dirty = tiny(x, s, f, m)
+    assert torch.isfinite(dirty).all()
+    assert torch.equal(dirty, clean)
+
+
+def test_rope_theta_is_not_a_config_field() -> None:
+    """The official rope_theta is unused (RoPE frequencies are learned): no dead field in our config."""
+    assert not hasattr(DiTConfig(), "rope_theta")

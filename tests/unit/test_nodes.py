@@ -96,7 +96,7 @@ def test_loader_validation_names_what_the_file_is(tmp_path: Path) -> None:
     assert "not a dit checkpoint" in msg and "vae_decoder" in msg
     msg = NODE_CLASS_MAPPINGS["MochiVAELoader"].VALIDATE_INPUTS(str(files["t5xxl_fp16.safetensors"]))
     assert "t5" in msg and "T5 loader" in msg
-    assert NODE_CLASS_MAPPINGS["MochiT5Loader"].VALIDATE_INPUTS(str(files["t5xxl_fp16.safetensors"])) is True
+    assert NODE_CLASS_MAPPINGS["MochiT5Loader"].VALIDATE_INPUTS(str(files["t5xxl_fp16.safetensors"]), "fp32") is True
     assert "not found" in NODE_CLASS_MAPPINGS["MochiVAELoader"].VALIDATE_INPUTS(str(tmp_path / "missing.safetensors"))
 
 

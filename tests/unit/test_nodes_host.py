@@ -122,3 +122,23 @@ def test_outside_comfyui_everything_falls_back() -> None:
     assert "comfy" not in sys.modules or not hasattr(sys.modules["comfy"], "model_management")
     assert host.compute_device() == torch.device("cpu") and host.should_stop() is False
     host.ProgressReporter(2, previews=True).update(1)  # no-op
+
+
+def test_progress_update_stops_before_comfyui_progress_hook(fake_comfy, caplog) -> None:
+    """Our check runs before ComfyUI's own progress hook would raise, so the pack's interrupt path is the one that
+    stops a step loop (and logs which node stopped)."""
+    import logging
+
+    from mochi_core.errors import MochiInterrupted
+
+    rep = host.ProgressReporter(5)
+    rep.update(1)
+    fake_comfy.interrupted = True
+    with pytest.raises(MochiInterrupted, match="stopped after 2 of 5"):
+        rep.update(2)
+    assert fake_comfy.updates == [(1, 5, None)]  # the interrupted step was not reported to the bar
+    with caplog.at_level(logging.INFO, logger="nodes.host"), pytest.raises(FakeInterrupt):
+        with host.interrupt_errors("Mochi Sampler"):
+            rep.update(2)
+    assert "Mochi Sampler: stopped on request (stopped after 2 of 5)" in caplog.text
+    assert fake_comfy.interrupted is False

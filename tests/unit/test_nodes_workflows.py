@@ -104,3 +104,24 @@ def test_headless_overrides_follow_the_sampler_links() -> None:
     assert all(n["inputs"]["filename_prefix"] == "x/y" for n in out.values() if "filename_prefix" in n["inputs"])
     with pytest.raises(ValueError, match="no MochiSampler"):
         apply_overrides({"1": {"class_type": "SaveVideo", "inputs": {}}}, seed=1)
+
+
+def test_core_node_comparison_finds_a_difference() -> None:
+    """The /object_info comparison run against the real host (tests/host/test_workflows.py) can fail."""
+
+    def entry(spec: dict) -> dict:
+        kinds = {"COMBO": ["a", "b"]}
+        return {
+            "input": {"required": {n: [kinds.get(t, t), {}] for n, t, _ in spec["inputs"]}},
+            "input_order": {"required": [n for n, _, _ in spec["inputs"]]},
+            "output": [t for _, t in spec["outputs"]],
+            "output_name": [n for n, _ in spec["outputs"]],
+        }
+
+    info = {k: entry(v) for k, v in build_workflows.CORE_NODES.items()}
+    assert build_workflows.core_node_mismatches(info) == []
+    info["ImageScale"]["input_order"]["required"].reverse()
+    del info["SaveVideo"]
+    problems = sorted(build_workflows.core_node_mismatches(info))
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("ImageScale inputs: ours") and problems[1] == "SaveVideo: not in /object_info"

@@ -159,3 +159,210 @@ def test_should_stop_interrupts_sampling(models, t5_tokenizer_dir) -> None:
             should_stop=lambda: True,
             **SIZE,
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Every argument is checked before anything loads or samples
+# ----------------------------------------------------------------------------------------------
+
+
+class _LoadedT5:
+    """Stands for a loaded text encoder (has encode); never reached in the refusal tests."""
+
+    def encode(self, prompts):
+        raise AssertionError("encode was called")
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Every loader and the sampler fail the test if reached: a refusal must come before them."""
+    import mochi_core.dit
+    import mochi_core.pipeline as pipeline
+    import mochi_core.vae
+
+    def boom(*a, **k):
+        raise AssertionError("expensive work started before the arguments were checked")
+
+    monkeypatch.setattr(pipeline, "load_text_encoder", boom)
+    monkeypatch.setattr(pipeline, "sample", boom)
+    monkeypatch.setattr(mochi_core.dit, "load_dit", boom)
+    monkeypatch.setattr(mochi_core.vae, "load_vae", boom)
+
+
+LATE = [  # (kwargs, words): each was only noticed after loading or sampling before
+    ({"seed": -1}, ["seed=-1", "[0, 2**64)"]),
+    ({"seed": 2**64}, ["seed=18446744073709551616"]),
+    ({"seed": "7"}, ["seed='7'"]),
+    ({"dtype": "fp8_e4m3fn"}, ["dtype=fp8_e4m3fn", "compute dtype"]),
+    ({"dtype": "int3"}, ["dtype='int3'"]),
+    ({"vae_dtype": "fp8_e5m2"}, ["vae_dtype=fp8_e5m2", "compute dtype"]),
+    ({"dit_storage_dtype": "q2_k"}, ["dit_storage_dtype='q2_k'", "q8_0"]),
+    ({"t5_storage_dtype": "int8"}, ["t5_storage_dtype='int8'"]),
+    ({"vae_storage_dtype": "int8"}, ["vae_storage_dtype='int8'"]),
+    ({"vae_storage_dtype": "fp8_e4m3fn"}, ["vae_storage_dtype=fp8_e4m3fn", "no fp8 scales"]),
+    ({"attention": "xformers"}, ["attention='xformers'", "sdpa"]),
+    (
+        {"start_latent": torch.zeros(2, 12, 2, 4, 6), "denoise": 0.5},
+        ["start_latent has shape (2, 12, 2, 4, 6)", "(1, 12, 2, 4, 6)"],
+    ),
+    (
+        {"start_latent": torch.zeros(1, 12, 3, 4, 6), "denoise": 0.5},
+        ["start_latent has shape (1, 12, 3, 4, 6)", "(1, 12, 2, 4, 6)"],
+    ),
+    ({"start_latent": [[0.0]], "denoise": 0.5}, ["start_latent must be a torch.Tensor"]),
+    ({"tile": "big"}, ["tile must be"]),
+    ({"tile": (0, 4, 4)}, ["tile frames"]),
+    ({"memory_budget": -5}, ["memory_budget=-5", "positive int"]),
+    ({"memory_budget": "8GB"}, ["memory_budget='8GB'", "positive int"]),
+    ({"memory_budget": 10**9, "tile": 2}, ["tile= cannot be combined with memory_budget="]),
+    ({"device": "gpu"}, ["device='gpu'", "not a device"]),
+    ({"device": "cuda:x"}, ["device='cuda:x'"]),
+    ({"threshold_noise": 0.9, "steps": 4}, ["threshold_noise=0.9", "too large"]),
+    ({"linear_steps": 9}, ["linear_steps=9", "steps=3"]),
+    ({"cfg_schedule": 2.0}, ["cfg_schedule must be a list of numbers"]),
+    ({"batch_cfg": "no"}, ["batch_cfg='no'"]),
+    ({"callback": 5}, ["callback must be callable"]),
+    ({"decode_progress": "bar"}, ["decode_progress must be callable"]),
+    (
+        {"text_encoder": _LoadedT5(), "tokenizer": "t5_tokenizer"},
+        ["tokenizer= is used only when text_encoder is a path"],
+    ),
+    ({"vae": object()}, ["vae must be a path or a model loaded with load_vae", "object"]),
+    ({"dit": "no/such/dit.safetensors"}, ["dit='no/such/dit.safetensors'", "no such file"]),
+    ({"tokenizer": "no/such/tokenizer"}, ["tokenizer='no/such/tokenizer'", "no tokenizer.json"]),
+]
+
+
+@pytest.mark.parametrize("kwargs, words", LATE)
+def test_every_argument_is_checked_before_loading_or_sampling(models, kwargs, words, no_work) -> None:
+    args = {"dit": models["dit"], "vae": models["vae"], "text_encoder": models["t5"], "steps": 3, "cfg": 2.0, **SIZE}
+    with pytest.raises(InvalidInputError) as exc:
+        generate("x", **{**args, **kwargs})
+    for w in words:
+        assert w in str(exc.value), str(exc.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_refused_up_front(models, no_work) -> None:
+    with pytest.raises(InvalidInputError, match="device='cuda'.*CUDA is not available"):
+        generate("x", dit=models["dit"], vae=models["vae"], text_encoder=models["t5"], device="cuda", **SIZE)
+
+
+def test_budget_with_tile_is_refused_before_loading(models, t5_tokenizer_dir, no_work) -> None:
+    with pytest.raises(InvalidInputError, match="tile= cannot be combined"):
+        generate(
+            "x", dit=models["dit"], vae=models["vae"], text_encoder=models["t5"], tokenizer=t5_tokenizer_dir,
+            budget="64GB", tile=1, **SIZE,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"steps": 0},
+        {"cfg": float("inf")},
+        {"sigmas": [1.0, 0.5, 0.5, 0.0]},
+        {"cfg_schedule": [1.0, "2"]},
+        {"threshold_noise": 0.95},
+        {"denoise": 2.0},
+    ],
+)
+def test_generate_and_sample_refuse_sampling_arguments_with_the_same_check(models, kwargs, no_work) -> None:
+    """One check (sampling.check_sampling_args) for both: the same bad value gives the same message."""
+    from mochi_core.sampling import sample as real_sample
+
+    base = {"steps": 3, "cfg": 2.0, **kwargs}
+    with pytest.raises(InvalidInputError) as from_generate:
+        generate("x", dit=models["dit"], vae=models["vae"], text_encoder=models["t5"], **SIZE, **base)
+    feat = (torch.zeros(1, 4, 8), torch.ones(1, 4, dtype=torch.bool))
+    with pytest.raises(InvalidInputError) as from_sample:
+        real_sample(lambda *a: a[0], make_noise(0, **SIZE), feat, feat, **base)
+    assert str(from_generate.value) == str(from_sample.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Caller-owned models keep their placement; failed phases release what they loaded
+# ----------------------------------------------------------------------------------------------
+
+
+def test_plan_hooks_touch_only_models_the_pipeline_loaded(models, t5_tokenizer_dir) -> None:
+    prepared = []
+
+    def prepare_dit(model, device):
+        prepared.append(model)
+        return model
+
+    dit = load_dit(models["dit"])
+    plan = {"prepare_dit": prepare_dit, "batch_cfg": False}
+    kw = {"vae": models["vae"], "text_encoder": models["t5"], "tokenizer": t5_tokenizer_dir, "steps": 1, "cfg": 1.0}
+    generate("a cat", dit=dit, plan=plan, **kw, **SIZE)
+    assert prepared == []  # the caller's DiT: no block streaming installed on it
+    generate("a cat", dit=models["dit"], plan=plan, **kw, **SIZE)
+    assert len(prepared) == 1 and prepared[0] is not dit
+
+
+def test_decoded_video_leaves_the_device_before_any_further_work(models, t5_tokenizer_dir, monkeypatch) -> None:
+    import mochi_core.pipeline as pipeline
+
+    log: list[str] = []
+
+    class Tracked(torch.Tensor):
+        """The decode's output: records when it is moved to the CPU."""
+
+        def cpu(self, *a, **k):
+            log.append("to_cpu")
+            return torch.Tensor.cpu(self.as_subclass(torch.Tensor), *a, **k)
+
+        def to(self, *a, **k):
+            if "cpu" in [str(v) for v in a] + [str(k.get("device"))]:
+                log.append("to_cpu")
+            return torch.Tensor.to(self.as_subclass(torch.Tensor), *a, **k)
+
+    class TrackedVAE:
+        def __init__(self, vae):
+            self.vae = vae
+
+        def decode(self, latent, **kw):
+            return self.vae.decode(latent, **kw).as_subclass(Tracked)
+
+    real = pipeline.decoded_to_frames
+
+    def spy(x):
+        log.append("frames")
+        assert type(x) is torch.Tensor, "float32 / clamp / layout work ran on the decode's device tensor"
+        return real(x)
+
+    monkeypatch.setattr(pipeline, "decoded_to_frames", spy)
+    r = generate(
+        "a cat", dit=models["dit"], vae=TrackedVAE(load_vae(models["vae"])), text_encoder=models["t5"],
+        tokenizer=t5_tokenizer_dir, steps=1, cfg=1.0, **SIZE,
+    )  # fmt: skip
+    assert log == ["to_cpu", "frames"]
+    assert type(r.frames) is torch.Tensor and r.frames.device.type == "cpu" and r.frames.shape == (7, 32, 48, 3)
+
+
+def test_a_failed_text_encoding_releases_the_encoder(models, t5_tokenizer_dir, monkeypatch) -> None:
+    before = _alive(TextEncoder)
+
+    def broken(self, prompts):
+        raise RuntimeError("T5 exploded")
+
+    monkeypatch.setattr(TextEncoder, "encode", broken)
+    with pytest.raises(RuntimeError, match="T5 exploded") as info:
+        generate(
+            "a cat", dit=models["dit"], vae=models["vae"], text_encoder=models["t5"], tokenizer=t5_tokenizer_dir, **SIZE
+        )
+    # the exception is still held (as ComfyUI or a caller would): it must not keep the loaded encoder alive
+    assert info.value is not None and _alive(TextEncoder) == before
+
+
+def test_an_interrupted_sampling_releases_the_dit(models, t5_tokenizer_dir) -> None:
+    from mochi_core.dit import AsymmDiT
+
+    before = _alive(AsymmDiT)
+    with pytest.raises(MochiInterrupted) as info:
+        generate(
+            "a cat", dit=models["dit"], vae=models["vae"], text_encoder=models["t5"], tokenizer=t5_tokenizer_dir,
+            steps=2, cfg=1.0, should_stop=lambda: True, **SIZE,
+        )  # fmt: skip
+    assert info.value is not None and _alive(AsymmDiT) == before

@@ -52,3 +52,22 @@ def test_png_frames_are_exact(tmp_path) -> None:
     assert torch.equal(torch.from_numpy(img), frames_to_uint8(frames[2]))
     write_png(tmp_path / "one.png", frames_to_uint8(frames[0]))
     assert (tmp_path / "one.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"crf": 52}, ["crf=52", "0..51"]),
+        ({"crf": -1}, ["crf=-1", "0..51"]),
+        ({"crf": 18.5}, ["crf=18.5", "integer"]),
+        ({"fps": 0}, ["fps=0", ">= 1"]),
+        ({"fps": 29.97}, ["fps=29.97", "integer"]),
+    ],
+)
+def test_mp4_options_are_checked_before_writing(tmp_path, kwargs, words) -> None:
+    out = tmp_path / "v.mp4"
+    with pytest.raises(InvalidInputError) as exc:
+        write_mp4(out, torch.zeros(1, 16, 16, 3), **kwargs)
+    for w in words:
+        assert w in str(exc.value)
+    assert not out.exists()

@@ -72,6 +72,54 @@ def test_parse_bytes_rejects(bad) -> None:
         parse_bytes(bad)
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"text_tokens": -1}, r"text_tokens=-1 is out of range.*0 to 256"),
+        ({"text_tokens": 257}, r"text_tokens=257 is out of range"),
+        ({"text_tokens": "12"}, r"text_tokens='12' must be an integer"),
+        ({"text_tokens": 3.0}, r"text_tokens=3.0 must be an integer"),
+        ({"reserve_bytes": -1}, r"reserve_bytes=-1 must be a 0 or more number of bytes"),
+        ({"reserve_bytes": "lots"}, r"reserve_bytes='lots' is not a size"),
+        ({"reserve_bytes": [1]}, r"reserve_bytes=\[1\] is not a size"),
+        ({"batch_cfg": "no"}, r"batch_cfg='no' must be True, False or None"),
+        ({"batch_cfg": 0}, r"batch_cfg=0 must be True, False or None"),
+        ({"prefetch": "yes"}, r"prefetch='yes' must be True or False"),
+        ({"resident_blocks": "3"}, r"resident_blocks='3' must be an integer from 0 to 48"),
+        ({"resident_blocks": -1}, r"resident_blocks=-1 is out of range"),
+        ({"resident_blocks": 49}, r"resident_blocks=49 is out of range.*0 to 48"),
+        ({"resident_blocks": True}, r"resident_blocks=True must be an integer"),
+        ({"decode_tile": "big"}, r"decode_tile='big' is not a tile"),
+        ({"decode_tile": (0, 4, 4)}, r"decode_tile=\(0, 4, 4\) is not a tile.*frames must be a positive int"),
+        ({"decode_tile": (1.5, 4, 4)}, r"decode_tile=\(1.5, 4, 4\) is not a tile"),
+        ({"budget_bytes": None}, r"budget_bytes=None is not a size"),
+        ({"budget_bytes": -5}, r"budget_bytes=-5 must be a positive number"),
+        ({"device": 3}, r"device=3 is not supported.*cuda, cpu"),
+        ({"dit_config": "full"}, r"dit_config must be a DiTConfig"),
+        ({"t5_sizes": {"d_model": 4}}, r"t5_sizes must be a T5Sizes"),
+        ({"decoder_config": 3}, r"decoder_config must be a DecoderConfig"),
+        ({"compute_dtype": "fp8_e4m3fn"}, r"compute_dtype='fp8_e4m3fn' is not supported; allowed: fp32, bf16, fp16"),
+        ({"attention": None}, r"attention=None is not supported"),
+    ],
+)
+def test_plan_names_each_bad_argument(kwargs, match) -> None:
+    args = {"budget_bytes": "20GB", **kwargs}
+    with pytest.raises(InvalidInputError, match=match):
+        plan(848, 480, 163, **args)
+
+
+@pytest.mark.parametrize("size", [("848", 480, 163), (848.0, 480, 163), (848, 480, True), (0, 480, 163)])
+def test_plan_refuses_bad_sizes(size) -> None:
+    with pytest.raises(InvalidInputError, match="width|height|frames"):
+        plan(*size, budget_bytes="20GB")
+
+
+def test_plan_accepts_torch_names_and_reserve_sizes() -> None:
+    p = plan(848, 480, 163, budget_bytes="20GB", compute_dtype=torch.bfloat16, reserve_bytes="1GiB", text_tokens=0)
+    assert p.compute_dtype == "bf16" and p.phase("sampling").reserve_bytes == 2**30 and p.text_tokens == 0
+    assert plan(848, 480, 163, budget_bytes="20GB", reserve_bytes=0).phase("decoding").reserve_bytes == 0
+
+
 def test_plan_rejects_bad_inputs() -> None:
     with pytest.raises(InvalidInputError, match="6k\\+1"):
         plan(848, 480, 100, budget_bytes="20GB")
@@ -118,6 +166,70 @@ def test_min_budget_is_tight_and_names_the_limiting_phase() -> None:
     assert err.value.min_budget_bytes == p.min_budget_bytes
     assert f"{p.min_budget_bytes / 1e9:.2f} GB" in str(err.value)
     assert require_fit(at_min) is at_min
+
+
+@pytest.mark.parametrize(
+    "forced",
+    [
+        {"resident_blocks": 48},
+        {"resident_blocks": 20, "batch_cfg": True},
+        {"batch_cfg": True},
+        {"decode_tile": (28, 60, 106)},  # whole decode, no tiles
+        {"decode_tile": (8, 60, 106, 0)},
+    ],
+)
+def test_min_budget_honours_forced_choices(forced) -> None:
+    """With a choice forced, the smallest budget that fits is the one with which *that* request fits: planning
+    again at it fits, one byte less does not."""
+    free = plan(848, 480, 163, budget_bytes=4 * GB)
+    p = plan(848, 480, 163, budget_bytes=4 * GB, **forced)
+    assert not p.fits
+    assert p.min_budget_bytes > free.min_budget_bytes
+    at_min = plan(848, 480, 163, budget_bytes=p.min_budget_bytes, **forced)
+    below = plan(848, 480, 163, budget_bytes=p.min_budget_bytes - 1, **forced)
+    assert at_min.fits and not below.fits
+    assert at_min.min_budget_bytes == p.min_budget_bytes
+    if "resident_blocks" in forced:
+        assert at_min.resident_blocks == forced["resident_blocks"]
+    if "batch_cfg" in forced:
+        assert at_min.batch_cfg is True
+    with pytest.raises(DoesNotFitError) as err:
+        require_fit(below)
+    assert err.value.min_budget_bytes == p.min_budget_bytes
+
+
+def test_forced_decode_tile_goes_to_the_decode_as_tile() -> None:
+    from mochi_core.vae.tiling import TilePlan
+
+    chosen = plan(848, 480, 163, budget_bytes=12 * GB)
+    assert chosen.tile is None and chosen.memory_budget == chosen.decode_budget_bytes > 0
+    assert not chosen.decode_tile_forced
+    forced = plan(848, 480, 163, budget_bytes=12 * GB, decode_tile=TilePlan(2, 20, 200, 4, "global"))
+    assert forced.decode_tile_forced and forced.memory_budget is None  # the decode gets tile=, never both
+    assert forced.tile == TilePlan(2, 20, 106, 4, "global")  # clamped to the 60x106 latent
+    assert (
+        forced.decode_tile == (2, 20, 106) and forced.decode_tiles == 14 * 4
+    )  # 14 chunks of 2 latent frames x 4 rows (60 over 20, overlap 4)
+    assert "(forced)" in forced.summary()
+    assert plan(848, 480, 163, budget_bytes=12 * GB, decode_tile=[3, 60, 106]).tile == TilePlan(3, 60, 106, 0)
+    assert plan(848, 480, 163, budget_bytes=12 * GB, decode_tile=5).tile.frames == 5
+
+
+def test_messages_label_units() -> None:
+    """GB means 10^9 bytes, GiB 2^30, in every figure the planner prints."""
+    from mochi_core.memory import format_bytes
+
+    assert format_bytes(12 * GB) == "12.00 GB (11.18 GiB)"
+    assert format_bytes(12 * 2**30) == "12.88 GB (12.00 GiB)"
+    p = plan(848, 480, 163, budget_bytes="12GiB")
+    assert p.budget_bytes == 12 * 2**30
+    text = p.summary()
+    assert "budget 12.88 GB (12.00 GiB)" in text
+    samp = p.phase("sampling")
+    assert f"weights {samp.weights_bytes / GB:.2f} GB" in text and f"reserve {samp.reserve_bytes / GB:.2f} GB" in text
+    assert p.to_dict()["budget"] == "12.88 GB (12.00 GiB)"
+    with pytest.raises(DoesNotFitError, match=r"does not fit in 3.00 GB \(2.79 GiB\)"):
+        require_fit(plan(848, 480, 163, budget_bytes="3GB"))
 
 
 def test_more_budget_never_means_more_streaming() -> None:
@@ -198,6 +310,15 @@ def test_cli_bad_budget(capsys) -> None:
     assert rc == 2 and "budget" in capsys.readouterr().err
 
 
+def test_cli_reserve_accepts_sizes_and_zero(capsys) -> None:
+    assert plan_main(["plan", "--budget", "20GB", "--reserve", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["phases"][0]["reserve_bytes"] == 0
+    assert plan_main(["plan", "--budget", "20GB", "--reserve", "1GiB", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["phases"][0]["reserve_bytes"] == 2**30
+    assert plan_main(["plan", "--budget", "20GB", "--reserve", "lots"]) == 2
+    assert "reserve_bytes='lots' is not a size" in capsys.readouterr().err
+
+
 def test_python_m_mochi_core_plan() -> None:
     """Through the package CLI (mochi_core/cli.py registers add_plan_parser)."""
     r = subprocess.run(
@@ -205,8 +326,6 @@ def test_python_m_mochi_core_plan() -> None:
          "--budget", "20GB", "--dit-storage", "fp8_e4m3fn", "--json"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    if r.returncode != 0 and "invalid choice" in r.stderr:
-        pytest.skip("mochi_core/cli.py does not register the plan subcommand yet")
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert out["fits"] is True and isinstance(out["predicted_peak_bytes"], int)

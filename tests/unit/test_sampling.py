@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
 from mochi_core import MochiInterrupted, latent_shape, linear_quadratic_schedule, make_noise, sample
 from mochi_core.errors import InvalidInputError
-from mochi_core.sampling import nearest_frame_counts, validate_sigmas
+from mochi_core.sampling import check_sampling_args, nearest_frame_counts, validate_sigmas
 
 
 class FakeDiT:
@@ -169,3 +171,204 @@ def test_helpers() -> None:
     assert nearest_frame_counts(163) == (163, 169)
     assert validate_sigmas([1.0, 0.3, 0.0], 2) == [1.0, 0.3, 0.0]
     assert validate_sigmas(torch.tensor([0.8, 0.0], dtype=torch.float64)) == [0.8, 0.0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Step by step against a hand computation, with a model that is NOT a perfect predictor
+# ----------------------------------------------------------------------------------------------
+
+
+def _velocity(x: torch.Tensor, sigma: torch.Tensor, feat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A smooth, nonlinear fake prediction: depends on x, sigma and each sample's own text (masked features)."""
+    s = sigma.to(x.dtype).view(-1, 1, 1, 1, 1)
+    text = (feat.to(x.dtype) * mask.unsqueeze(-1).to(x.dtype)).sum(dim=(1, 2)).view(-1, 1, 1, 1, 1)
+    ramp = torch.linspace(-1.0, 1.0, x.shape[-1], dtype=x.dtype).view(1, 1, 1, 1, -1)
+    return -(0.6 + s) * x + 0.2 * torch.tanh(x) * (1.0 - s) + 0.3 * text * ramp + 0.1 * s
+
+
+class RecordingDiT:
+    """Returns :func:`_velocity` in float32; records what the sampler fed it (x, sigma, batch size)."""
+
+    def __init__(self) -> None:
+        self.inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, x, sigma, feat, mask):
+        assert sigma.dtype == torch.float32 and sigma.shape == (x.shape[0],)
+        self.inputs.append((x.clone(), sigma.clone()))
+        return _velocity(x, sigma, feat, mask)
+
+
+def _hand_run(noise, sched, cfgs, pos, neg):
+    """The CFG Euler loop written out in float64 (mochi-spec.md §3.1): the trajectory z_k, x0 estimates, sigmas."""
+    z = noise.double()
+    zs, x0s = [z], []
+    for i, cfg in enumerate(cfgs):
+        sigma = torch.full((z.shape[0],), sched[i], dtype=torch.float64)
+        v_cond = _velocity(z, sigma, pos[0].double().expand(z.shape[0], -1, -1), pos[1].expand(z.shape[0], -1))
+        if cfg == 1.0:
+            v = v_cond
+        else:
+            v_unc = _velocity(z, sigma, neg[0].double().expand(z.shape[0], -1, -1), neg[1].expand(z.shape[0], -1))
+            v = v_unc + cfg * (v_cond - v_unc)
+        x0s.append(z + sched[i] * v)
+        z = z + (sched[i] - sched[i + 1]) * v
+        zs.append(z)
+    return zs, x0s
+
+
+def _conds(batch: int):
+    g = torch.Generator().manual_seed(3)
+    pos = (
+        torch.randn(batch, 8, 4, generator=g),
+        torch.tensor([[True] * (5 + b) + [False] * (3 - b) for b in range(batch)]),
+    )
+    neg = (torch.randn(1, 8, 4, generator=g) * 0.5, torch.tensor([[True] * 2 + [False] * 6]))
+    return pos, neg
+
+
+@pytest.mark.parametrize("batch_cfg", [True, False])
+def test_every_euler_step_matches_a_hand_computation(batch_cfg: bool) -> None:
+    noise = make_noise(21, frames=7, height=16, width=32)
+    pos, neg = _conds(1)
+    sched = linear_quadratic_schedule(5, 0.3)
+    cfgs = [4.0, 1.0, 2.5, 3.0, 1.5]
+    dit, seen = RecordingDiT(), []
+    z = sample(
+        dit, noise, pos, neg, steps=5, cfg=0.0, sigmas=sched, cfg_schedule=cfgs, batch_cfg=batch_cfg,
+        callback=lambda i, n, x0: seen.append((i, n, x0.clone())),
+    )  # fmt: skip
+    zs, x0s = _hand_run(noise, sched, cfgs, pos, neg)
+    # DiT calls per step: cfg 1 runs the conditional pass alone
+    sizes = [x.shape[0] for x, _ in dit.inputs]
+    assert sizes == ([2, 1, 2, 2, 2] if batch_cfg else [1, 1, 1, 1, 1, 1, 1, 1, 1])
+    step_of_call = [0, 1, 2, 3, 4] if batch_cfg else [0, 0, 1, 2, 2, 3, 3, 4, 4]
+    for (x, sigma), k in zip(dit.inputs, step_of_call):
+        assert torch.equal(sigma, torch.full_like(sigma, sched[k]))  # sigma_k as float32, not sigma_{k+1}
+        for row in x:  # every row is the current latent z_k (cond and uncond see the same z)
+            assert torch.allclose(row.double(), zs[k][0], atol=1e-5), f"step {k}: wrong latent fed to the DiT"
+    assert [(i, n) for i, n, _ in seen] == [(k, 5) for k in range(5)]
+    for k, (_, _, x0) in enumerate(seen):
+        assert torch.allclose(x0.double(), x0s[k], atol=1e-5), f"step {k}: wrong x0 estimate"
+    assert z.dtype == torch.float32 and torch.allclose(z.double(), zs[-1], atol=1e-5)
+    # the model is not a perfect predictor: the trajectory is not a straight line, so each step matters
+    assert not torch.allclose(x0s[0], x0s[-1], atol=1e-2)
+
+
+@pytest.mark.parametrize("batch_cfg", [True, False])
+@pytest.mark.parametrize("per_sample_negative", [False, True])
+def test_batch_of_two_with_different_conditioning_per_sample(batch_cfg: bool, per_sample_negative: bool) -> None:
+    noise = make_noise(8, frames=7, height=16, width=32, batch=2)
+    pos, neg = _conds(2)
+    if per_sample_negative:
+        neg = (torch.cat([neg[0], -neg[0]]), torch.cat([neg[1], neg[1].roll(3, dims=1)]))
+    dit = RecordingDiT()
+    z = sample(dit, noise, pos, neg, steps=4, cfg=3.5, batch_cfg=batch_cfg)
+    assert [x.shape[0] for x, _ in dit.inputs] == ([4] * 4 if batch_cfg else [2] * 8)
+    sched = linear_quadratic_schedule(4)
+    for b in range(2):
+        nb = (neg[0][b : b + 1], neg[1][b : b + 1]) if per_sample_negative else neg
+        zs, _ = _hand_run(noise[b : b + 1], sched, [3.5] * 4, (pos[0][b : b + 1], pos[1][b : b + 1]), nb)
+        assert torch.allclose(z[b : b + 1].double(), zs[-1], atol=1e-5), f"sample {b} used the wrong conditioning"
+    # and the conditioning really differs per sample: sample 0 run with sample 1's text lands elsewhere
+    swapped, _ = _hand_run(
+        noise[:1],
+        sched,
+        [3.5] * 4,
+        (pos[0][1:], pos[1][1:]),
+        neg if not per_sample_negative else (neg[0][:1], neg[1][:1]),
+    )
+    assert not torch.allclose(z[:1].double(), swapped[-1], atol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks: types and shapes of the tensors, one check for the scalar settings
+# ----------------------------------------------------------------------------------------------
+
+
+def _bad(name: str):
+    """Arguments for sample() with one broken entry; the others valid (batch-1 noise, cfg 2)."""
+    dit, noise, pos, neg = _setup()
+    args = {"dit": dit, "noise": noise, "positive": pos, "negative": neg, "steps": 2, "cfg": 2.0}
+    cases = {
+        "noise_list": {"noise": noise.tolist()},
+        "noise_int": {"noise": noise.to(torch.int64)},
+        "noise_4d": {"noise": noise[0]},
+        "noise_channels": {"noise": noise[:, :6]},
+        "pos_not_pair": {"positive": pos[0]},
+        "pos_feat_list": {"positive": (pos[0].tolist(), pos[1])},
+        "pos_mask_float": {"positive": (pos[0], pos[1].float())},
+        "pos_feat_int": {"positive": (pos[0].long(), pos[1])},
+        "pos_lengths": {"positive": (pos[0], pos[1][:, :5])},
+        "neg_batch": {"negative": (neg[0].expand(3, -1, -1), neg[1].expand(3, -1))},
+        "widths": {"negative": (torch.zeros(1, 8, 5), neg[1])},
+        "cfg_schedule_scalar": {"cfg_schedule": 2.0},
+        "cfg_schedule_str": {"cfg_schedule": "22"},
+        "cfg_schedule_nan": {"cfg_schedule": [2.0, float("nan")]},
+        "cfg_schedule_2d": {"cfg_schedule": torch.ones(2, 1)},
+        "cfg_string": {"cfg": "2"},
+        "start_type": {"start_latent": noise.numpy(), "denoise": 0.5},
+        "start_batch": {"start_latent": torch.zeros(2, *noise.shape[1:]), "denoise": 0.5},
+        "start_size": {"start_latent": torch.zeros(1, 12, 2, 4, 6), "denoise": 0.5},
+        "start_nan": {"start_latent": torch.full(noise.shape, float("nan")), "denoise": 0.5},
+        "callback": {"callback": 3},
+        "batch_cfg": {"batch_cfg": "yes"},
+        "threshold": {"threshold_noise": 0.9, "steps": 4},
+    }
+    args.update(cases[name])
+    return dit, args
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("noise_list", ["noise must be a torch.Tensor", "list"]),
+        ("noise_int", ["noise must be a floating tensor", "int64"]),
+        ("noise_4d", ["noise must be (B, 12, T, H, W)"]),
+        ("noise_channels", ["noise must be (B, 12, T, H, W)", "(1, 6,"]),
+        ("pos_not_pair", ["positive must be a (feat (B, L, D), mask (B, L)) pair", "Tensor"]),
+        ("pos_feat_list", ["positive: feat and mask must be tensors", "list"]),
+        ("pos_mask_float", ["positive: mask must be a bool", "float32"]),
+        ("pos_feat_int", ["positive: feat must be a floating tensor", "int64"]),
+        ("pos_lengths", ["positive: feat must be (B, L, D) and mask (B, L)", "(1, 8, 4), (1, 5)"]),
+        ("neg_batch", ["negative: batch 3 does not match the noise batch 1"]),
+        ("widths", ["different widths", "4 vs 5"]),
+        ("cfg_schedule_scalar", ["cfg_schedule must be a list of numbers", "float"]),
+        ("cfg_schedule_str", ["cfg_schedule must be a list of numbers", "str"]),
+        ("cfg_schedule_nan", ["cfg=nan", "finite number >= 0"]),
+        ("cfg_schedule_2d", ["cfg_schedule must be 1-D", "(2, 1)"]),
+        ("cfg_string", ["cfg='2' is not a number"]),
+        ("start_type", ["start_latent must be a torch.Tensor", "ndarray"]),
+        ("start_batch", ["start_latent has shape (2, 12, 3, 4, 6)", "(1, 12, 3, 4, 6)"]),
+        ("start_size", ["start_latent has shape (1, 12, 2, 4, 6)", "(1, 12, 3, 4, 6)"]),
+        ("start_nan", ["start_latent contains NaN"]),
+        ("callback", ["callback must be callable"]),
+        ("batch_cfg", ["batch_cfg='yes'", "True or False"]),
+        ("threshold", ["threshold_noise=0.9", "too large"]),
+    ],
+)
+def test_wrong_types_and_shapes_are_refused_before_the_dit_runs(case, words) -> None:
+    dit, args = _bad(case)
+    with pytest.raises(InvalidInputError) as exc:
+        sample(**args)
+    for w in words:
+        assert w in str(exc.value), str(exc.value)
+    assert dit.batches == []
+
+
+def test_features_must_match_the_dit_width() -> None:
+    dit, noise, pos, neg = _setup()
+    dit.config = types.SimpleNamespace(t5_feat_dim=4096)  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInputError, match="positive has 4 features per token but this DiT expects 4096"):
+        sample(dit, noise, pos, neg, steps=2, cfg=2.0)
+    assert dit.batches == []
+
+
+def test_check_sampling_args_is_the_one_check() -> None:
+    args = check_sampling_args(steps=4, cfg=3, cfg_schedule=[1, 2.0, 3, 1.0])
+    assert args.sigmas == tuple(linear_quadratic_schedule(4)) and args.cfgs == (1.0, 2.0, 3.0, 1.0)
+    assert args.cfg == 3.0 and args.first == 0 and args.needs_uncond
+    assert not check_sampling_args(steps=2, cfg=1.0).needs_uncond
+    v2v = check_sampling_args(steps=10, cfg=1.0, denoise=0.5, has_start_latent=True)
+    assert v2v.sigmas[v2v.first] <= 0.5 < v2v.sigmas[v2v.first - 1]
+    # explicit sigmas: the schedule parameters are not used, so not checked against them
+    assert check_sampling_args(steps=2, cfg=1.0, sigmas=[1.0, 0.5, 0.0], linear_steps=40).sigmas == (1.0, 0.5, 0.0)

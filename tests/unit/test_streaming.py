@@ -26,12 +26,15 @@ class ToyBlock(nn.Module):
         self.register_buffer("shift", torch.randn(dim))
         self._probe = probe
         self._owner = owner
+        self.fail = False  # set by a test: this block's forward raises (out of memory, interrupt, ...)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # independent residency probe: count blocks whose tensors are real (not meta) right now
         model = self._owner[0]
         on_device = sum(1 for b in model.blocks if all(not p.is_meta for p in b.parameters()))
         self._probe.append(on_device)
+        if self.fail:
+            raise RuntimeError("boom: simulated failure inside a block")
         return x + self.lin2(torch.tanh(self.lin1(self.norm(x)))) + self.shift
 
 
@@ -141,16 +144,65 @@ def test_invalid_inputs() -> None:
         enable_block_streaming(nn.Linear(2, 2), 0, device="cpu")
 
 
+def _real_blocks(model: ToyModel) -> list[int]:
+    """Blocks whose tensors are real right now (an offloaded block is meta placeholders on this CPU setup)."""
+    return [i for i, b in enumerate(model.blocks) if not any(p.is_meta for p in b.parameters())]
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
 @torch.no_grad()
-def test_offload_all_and_restore_round_trip() -> None:
+def test_block_that_raises_is_sent_back(prefetch: bool) -> None:
+    """A streamed block whose forward raises goes back to the offload device (hooks with always_call), and so does
+    the block prefetched for it; the next forward is exact and leaves only the N resident blocks."""
+    model = _model(6)
+    x = torch.randn(4, 16)
+    ref = model(x)
+    handle = enable_block_streaming(model, 2, device="cpu", prefetch=prefetch)
+    model.blocks[3].fail = True
+    with pytest.raises(RuntimeError, match="boom"):
+        model(x)
+    assert _real_blocks(model) == [0, 1], "a streamed block stayed on the compute device after the exception"
+    assert handle.loaded_blocks() == [0, 1]
+    assert ("unload", 3) in handle.stats.trace
+    model.blocks[3].fail = False
+    model.probe.clear()
+    torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
+    assert max(model.probe) <= 2 + 1 + int(prefetch)
+    assert _real_blocks(model) == [0, 1]
+    handle.remove()
+    assert _real_blocks(model) == list(range(6))
+
+
+@torch.no_grad()
+def test_failure_before_the_blocks_sends_back_the_prefetched_block() -> None:
+    """The model's pre-hook prefetches the first streamed block; a forward that fails before reaching it (bad input
+    to the embedder) must not leave it on the device."""
+    model = _model(4)
+    handle = enable_block_streaming(model, 1, device="cpu", prefetch=True)
+    with pytest.raises(RuntimeError):
+        model(torch.randn(2, 5))  # wrong width: the embedder raises
+    assert ("prefetch", 1) in handle.stats.trace
+    assert _real_blocks(model) == [0] and handle.loaded_blocks() == [0]
+    handle.remove()
+
+
+@torch.no_grad()
+def test_installing_twice_is_refused_without_touching_the_first() -> None:
     model = _model(4)
     x = torch.randn(2, 16)
     ref = model(x)
     handle = enable_block_streaming(model, 2, device="cpu")
-    handle.offload_all()  # same device: non-block tensors stay; streamed blocks are placeholders
-    handle.restore()
+    with pytest.raises(InvalidInputError, match="already installed.*remove"):
+        enable_block_streaming(model, 1, device="cpu")
+    with pytest.raises(InvalidInputError, match="already installed"):
+        enable_block_streaming(model, 1, device="cpu", blocks=model.blocks)
+    assert _real_blocks(model) == [0, 1] and len(handle._hooks) == 2 * 4 + 2
     torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
     handle.remove()
+    again = enable_block_streaming(model, 1, device="cpu")  # after remove() it can be installed again
+    assert _real_blocks(model) == [0]
+    torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
+    again.remove()
 
 
 def test_move_module_keeps_values_and_counts_bytes() -> None:

@@ -176,3 +176,37 @@ def test_bad_arguments_and_files_are_refused(t5_tokenizer_dir, fp32_t5, tmp_path
         enc.encode([CAT])
     with pytest.raises(InvalidInputError, match="list of strings"):
         enc.encode(CAT)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("content", ['{"bad": ', '{"version": "1.0"}', ""])
+def test_a_broken_tokenizer_json_is_refused_naming_the_file(fp32_t5, tmp_path, content) -> None:
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text(content)
+    # the tokenizers library raises a plain Exception here; it must arrive as InvalidInputError naming the file
+    with pytest.raises(InvalidInputError) as exc:
+        load_text_encoder(fp32_t5, tokenizer=tmp_path)
+    assert str(bad) in str(exc.value) and "cannot be read" in str(exc.value)
+    with pytest.raises(InvalidInputError, match="tokenizer file"):
+        T5Tokenizer(bad)
+
+
+def test_a_broken_spiece_model_is_refused_naming_the_file(tmp_path) -> None:
+    pytest.importorskip("sentencepiece")
+    bad = tmp_path / "spiece.model"
+    bad.write_bytes(b"\x00not a sentencepiece model")
+    with pytest.raises(InvalidInputError, match="spiece.model.*cannot be read"):
+        T5Tokenizer(bad)
+
+
+def test_non_finite_features_get_a_message_that_fits_the_dtype(t5_tokenizer_dir, fp32_t5) -> None:
+    enc = load_text_encoder(fp32_t5, tokenizer=t5_tokenizer_dir)
+    with torch.no_grad():
+        enc.model.encoder.final_layer_norm.weight.fill_(float("inf"))
+    with pytest.raises(InvalidInputError) as exc:
+        enc.encode([CAT])
+    msg = str(exc.value)
+    # already float32: telling the user to "use float32" would be wrong; the weights are the problem
+    assert "fp32" in msg and "dtype=" not in msg and "damaged" in msg
+    enc.dtype = torch.bfloat16  # as a CUDA bf16 encoder reports itself
+    with pytest.raises(InvalidInputError, match="computing in bf16.*dtype='fp32'"):
+        enc.encode([CAT])

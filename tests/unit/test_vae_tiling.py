@@ -16,7 +16,8 @@ from mochi_core.vae import (
     load_vae,
     min_decode_bytes,
 )
-from mochi_core.vae.tiling import _axis_weights, axis_tiles
+from mochi_core.vae.layers import CausalConv3d
+from mochi_core.vae.tiling import _axis_weights, axis_tiles, count_tiles, smallest_tile
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,79 @@ def test_whole_tile_plan_is_exact(vae, wide):
     assert (out - ref).abs().max().item() <= 1e-5
 
 
+def _cache_probe(vae):
+    """Forward hook on the decoder recording, after each call, how many causal convs hold a carried cache."""
+    convs = [m for m in vae.decoder.modules() if isinstance(m, CausalConv3d)]
+    seen: list[int] = []
+    handle = vae.decoder.register_forward_hook(
+        lambda mod, args, out: seen.append(sum(c.cache is not None for c in convs))
+    )
+    return convs, seen, handle
+
+
+def test_single_chunk_decodes_keep_no_causal_caches(vae, small, wide):
+    """One chunk per tile: nothing follows, so no conv may keep its last frames (memory held for nothing); several
+    chunks carry them (negative control) and every cache is freed when the decode ends."""
+    convs, seen, handle = _cache_probe(vae)
+    try:
+        z, ref = small
+        out = vae.decode(z)  # whole decode: one chunk
+        zw, refw = wide
+        tiled = vae.decode(zw, tile=TilePlan(2, 8, 8, 4))  # 2 x 2 spatial tiles, one chunk each
+        assert seen and all(n == 0 for n in seen), seen
+        seen.clear()
+        chunked = vae.decode(z, tile=2)  # two chunks: the first carries its context into the second
+        assert seen[0] == len(convs), seen
+    finally:
+        handle.remove()
+    assert all(c.cache is None and not c.streaming for c in convs)
+    assert (out - ref).abs().max().item() <= 1e-5 and (chunked - ref).abs().max().item() <= 1e-5
+    assert tiled.shape == refw.shape
+
+
+def test_whole_frame_chunks_are_written_straight_into_the_output(vae, small):
+    """The decoded video exists once on the device: for whole frames the decoder writes into the output accumulator
+    (its result shares the accumulator's storage) instead of returning a second copy; blended tiles cannot."""
+    z, _ = small
+    results: list[torch.Tensor] = []
+    handle = vae.decoder.register_forward_hook(lambda mod, args, out: results.append(out))
+    try:
+        for tile in (None, 2):
+            results.clear()
+            out = vae.decode(z, tile=tile)
+            assert results and all(r.untyped_storage().data_ptr() == out.untyped_storage().data_ptr() for r in results)
+        results.clear()
+        out = vae.decode(z, tile=TilePlan(4, 2, 4, 1))
+        assert results and all(r.untyped_storage().data_ptr() != out.untyped_storage().data_ptr() for r in results)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_estimate_counts_the_decoded_video_once(vae, dtype):
+    """One more latent frame adds exactly its 6 output frames of float32 accumulator to the estimate: the decoded
+    video is counted once (not scaled by the safety factor, not once per copy)."""
+    cfg = vae.decoder.config
+    for tile in (TilePlan(1, 60, 106, 0), TilePlan(2, 20, 30, 4)):
+        grow = decode_working_set_bytes((1, 12, 9, 60, 106), tile, cfg, dtype) - decode_working_set_bytes(
+            (1, 12, 8, 60, 106), tile, cfg, dtype
+        )
+        assert grow == 6 * 3 * (60 * 8) * (106 * 8) * 4
+
+
+def test_count_and_smallest_tile_agree_with_the_decode(vae, wide):
+    z, _ = wide
+    plan = TilePlan(1, 5, 6, 2)
+    seen = []
+    vae.decode(z, tile=plan, progress=lambda i, n: seen.append(n))
+    assert seen[-1] == len(seen) == count_tiles(z.shape, plan) == 2 * 2 * 3
+    assert smallest_tile((1, 12, 28, 60, 106)) == TilePlan(1, 8, 8, 2)
+    assert smallest_tile((1, 12, 3, 4, 30)) == TilePlan(1, 4, 8, 1)
+    assert min_decode_bytes(z.shape, vae.decoder.config) == decode_working_set_bytes(
+        z.shape, smallest_tile(z.shape), vae.decoder.config
+    )
+
+
 def test_blend_weights_partition_unity():
     for length, size, ov in [(60, 30, 8), (106, 41, 8), (13, 5, 2), (8, 8, 2)]:
         tiles = axis_tiles(length, size, ov)
@@ -79,7 +153,7 @@ def test_blend_weights_partition_unity():
         assert all(e - s == min(size, length) for s, e in tiles)
         total = torch.zeros(length * 8, dtype=torch.float64)
         owned = []
-        for (s, e), (w, o0, o1) in zip(tiles, _axis_weights(tiles, 8, length)):
+        for (s, e), (w, o0, o1) in zip(tiles, _axis_weights(tiles, 8)):
             total[s * 8 : e * 8] += w
             owned.append((o0, o1))
         assert torch.allclose(total, torch.ones_like(total))

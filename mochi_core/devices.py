@@ -1,0 +1,63 @@
+"""Validate a user's ``device`` argument before any work, with a message that names the allowed values.
+
+``torch.device("gpu")`` raises a bare RuntimeError, and ``"cuda"`` on a machine without CUDA only fails deep inside
+the first ``.to(device)``; :func:`check_device` turns both into an :class:`~mochi_core.errors.InvalidInputError`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import InvalidInputError
+
+__all__ = ["available_devices", "check_device"]
+
+
+def available_devices() -> list[str]:
+    """Device names usable on this machine: always ``cpu``; ``cuda`` and ``cuda:N`` when CUDA works; ``mps``."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
+def _backend_available(kind: str) -> bool:
+    """Whether another torch backend (xpu, npu, ...) reports a usable device; unknown kinds are not usable."""
+    backend = getattr(torch, kind, None)
+    is_available = getattr(backend, "is_available", None)
+    return bool(is_available()) if callable(is_available) else False
+
+
+def check_device(device: str | int | torch.device, *, what: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` usable here, or :class:`InvalidInputError` naming ``what`` and the allowed
+    values (no model is touched)."""
+    allowed = ", ".join(available_devices())
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, (str, int)) and not isinstance(device, bool):
+        try:
+            dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
+        except (RuntimeError, ValueError) as exc:
+            hint = " ('gpu' is spelled 'cuda')" if str(device).strip().lower().startswith("gpu") else ""
+            raise InvalidInputError(f"{what}={device!r} is not a device{hint}; allowed: {allowed}") from exc
+    else:
+        raise InvalidInputError(f"{what} must be a device name or torch.device; got {type(device).__name__}")
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError(
+                f"{what}={str(dev)!r} but CUDA is not available here (no NVIDIA GPU found, or torch built without "
+                f"CUDA); allowed: {allowed}"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidInputError(
+                f"{what}={str(dev)!r} but only {torch.cuda.device_count()} CUDA device(s) exist; allowed: {allowed}"
+            )
+        return dev
+    usable = torch.backends.mps.is_available() if dev.type == "mps" else _backend_available(dev.type)
+    if not usable:
+        raise InvalidInputError(f"{what}={str(dev)!r} is not usable on this machine; allowed: {allowed}")
+    return dev

@@ -1,0 +1,203 @@
+"""Queue-time and run-time input checks of the nodes, as ComfyUI 0.3.75 calls them.
+
+ComfyUI (``execution.validate_inputs``) skips its own min / max / choice checks for every input that a node's
+``VALIDATE_INPUTS`` takes as an argument, and passes ``None`` for an input linked from another node. These tests
+call ``VALIDATE_INPUTS`` the same way (arguments picked by its signature, as ComfyUI does), so every range the
+host no longer checks must be checked by the pack, and a linked input must be accepted at queue time and checked
+when the node runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from mochi_core.errors import InvalidInputError  # noqa: E402
+from nodes import NODE_CLASS_MAPPINGS  # noqa: E402
+
+VALIDATED = sorted(k for k, v in NODE_CLASS_MAPPINGS.items() if hasattr(v, "VALIDATE_INPUTS"))
+
+
+def widget_specs(cls: type) -> dict[str, tuple[Any, dict[str, Any]]]:
+    spec = cls.INPUT_TYPES()
+    return {
+        name: (e[0], e[1] if len(e) > 1 else {})
+        for sec in ("required", "optional")
+        for name, e in spec.get(sec, {}).items()
+    }
+
+
+def validate_args(cls: type) -> list[str]:
+    """The inputs ComfyUI passes to ``VALIDATE_INPUTS`` (and for which it skips its own checks)."""
+    return [a for a in inspect.getfullargspec(cls.VALIDATE_INPUTS).args if a != "cls"]
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """Valid queue-time values: widget defaults; file names as linked (None)."""
+    specs = widget_specs(cls)
+    return {name: specs[name][1].get("default") for name in validate_args(cls)}
+
+
+def out_of_range_cases() -> list[tuple[str, str, Any]]:
+    cases = []
+    for node_id in VALIDATED:
+        cls = NODE_CLASS_MAPPINGS[node_id]
+        specs = widget_specs(cls)
+        for name in validate_args(cls):
+            kind, opts = specs[name]
+            if kind in ("INT", "FLOAT"):
+                step = opts.get("step", 1)
+                cases.append((node_id, name, opts["max"] + step))
+                cases.append((node_id, name, opts["min"] - step))
+            elif isinstance(kind, list) and not name.endswith("_name"):
+                cases.append((node_id, name, "not_a_choice"))
+    return cases
+
+
+def test_the_validated_inputs_are_the_expected_ones() -> None:
+    """Pins which inputs lose ComfyUI's own checks, so a new argument cannot slip in untested."""
+    got = {k: validate_args(NODE_CLASS_MAPPINGS[k]) for k in VALIDATED}
+    assert got == {
+        "MochiDiTLoader": ["dit_name"],
+        "MochiEmptyLatent": ["width", "height", "frames", "batch_size"],
+        "MochiSampler": ["width", "height", "frames", "steps", "linear_steps"],
+        "MochiT5Loader": ["t5_name", "dtype"],
+        "MochiTextEncode": ["text"],
+        "MochiVAELoader": ["vae_name"],
+    }
+
+
+@pytest.mark.parametrize(("node_id", "name", "value"), out_of_range_cases(), ids=lambda v: str(v))
+def test_values_comfyui_no_longer_checks_are_refused_by_the_pack(node_id: str, name: str, value: Any) -> None:
+    cls = NODE_CLASS_MAPPINGS[node_id]
+    args = defaults(cls)
+    assert cls.VALIDATE_INPUTS(**args) is True
+    args[name] = value
+    msg = cls.VALIDATE_INPUTS(**args)
+    assert isinstance(msg, str) and msg.startswith(f"{name}={value!r} is not allowed"), msg
+    kind, opts = widget_specs(cls)[name]
+    if isinstance(kind, list):
+        assert all(choice in msg for choice in kind), msg
+    else:
+        assert f"from {opts['min']} to {opts['max']}" in msg, msg
+
+
+@pytest.mark.parametrize("node_id", VALIDATED)
+def test_linked_inputs_pass_queue_time_validation(node_id: str) -> None:
+    cls = NODE_CLASS_MAPPINGS[node_id]
+    assert cls.VALIDATE_INPUTS(**dict.fromkeys(validate_args(cls))) is True
+
+
+def test_linked_loader_names_do_not_break_is_changed() -> None:
+    for node_id, arg in (("MochiDiTLoader", "dit_name"), ("MochiVAELoader", "vae_name"), ("MochiT5Loader", "t5_name")):
+        assert NODE_CLASS_MAPPINGS[node_id].IS_CHANGED(**{arg: None, "weight_dtype": "default"}) == "linked"
+
+
+def test_empty_latent_checks_linked_values_when_it_runs() -> None:
+    node = NODE_CLASS_MAPPINGS["MochiEmptyLatent"]
+    assert node.VALIDATE_INPUTS(848, None, 30, None).startswith("frames=30 is not allowed")
+    with pytest.raises(InvalidInputError, match="frames=30 is not allowed"):
+        node().make(848, 480, 30, 1)
+    with pytest.raises(InvalidInputError, match="batch_size=65 is not allowed: batch_size must be an integer from 1"):
+        node().make(848, 480, 31, 65)
+    with pytest.raises(InvalidInputError, match="width=4112 is not allowed"):
+        node().make(4112, 480, 31, 1)
+    assert node().make(48, 32, 13, 2)[0]["samples"].shape == (2, 12, 3, 4, 6)
+
+
+def test_sampler_checks_linked_values_when_it_runs() -> None:
+    args = dict(width=848, height=480, frames=31, cfg=6.0, seed=0, threshold_noise=0.025, linear_steps=0)
+    with pytest.raises(InvalidInputError, match="steps=1001 is not allowed: steps must be an integer from 1 to 1000"):
+        NODE_CLASS_MAPPINGS["MochiSampler"]().sample(None, None, None, steps=1001, **args)  # refused before any work
+
+
+def test_text_encode_names_a_list_prompt() -> None:
+    node = NODE_CLASS_MAPPINGS["MochiTextEncode"]
+    assert node.VALIDATE_INPUTS("") is True and node.VALIDATE_INPUTS("a fox") is True
+    msg = node.VALIDATE_INPUTS([])
+    assert msg.startswith("text must be a prompt string") and "an empty list" in msg
+    with pytest.raises(InvalidInputError, match="text must be a prompt string"):
+        node().encode(None, ["a", "b"])
+
+
+# ------------------------------------------------------------------------------------------------ model files
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tiny_models import write_all
+
+    return write_all(tmp_path_factory.mktemp("models"), readme=False, which=("t5", "vae"))
+
+
+def test_loaders_check_a_linked_file_when_they_run(files: dict[str, Path]) -> None:
+    vae_file = str(files["mochi_vae.safetensors"])
+    with pytest.raises(InvalidInputError, match="not a dit checkpoint"):
+        NODE_CLASS_MAPPINGS["MochiDiTLoader"]().load(vae_file, "default", "sdpa", "auto", 0.0)
+    with pytest.raises(InvalidInputError, match="T5 loader"):
+        NODE_CLASS_MAPPINGS["MochiVAELoader"]().load(str(files["t5xxl_fp16.safetensors"]), "auto")
+    with pytest.raises(InvalidInputError, match="no model file selected"):
+        NODE_CLASS_MAPPINGS["MochiT5Loader"]().load(None, "default", "fp32", "")
+
+
+def test_shard_files_are_refused_naming_the_way_that_works(tmp_path: Path) -> None:
+    from mochi_core.testing.t5 import write_t5
+
+    folder = write_t5(tmp_path / "t5", "hf_sharded")
+    shard = str(folder / "model-00001-of-00002.safetensors")
+    msg = NODE_CLASS_MAPPINGS["MochiT5Loader"].VALIDATE_INPUTS(shard, "fp32")
+    assert "shard 1 of 2" in msg and "single-file" in msg and "folder path" in msg, msg
+    with pytest.raises(InvalidInputError, match="shard 1 of 2"):
+        NODE_CLASS_MAPPINGS["MochiT5Loader"]().load(shard, "default", "fp32", "")
+    diffusers = "transformer/diffusion_pytorch_model-00002-of-00003.safetensors"
+    assert "shard 2 of 3" in NODE_CLASS_MAPPINGS["MochiDiTLoader"].VALIDATE_INPUTS(diffusers)
+
+
+def test_t5_bf16_compute_is_refused_on_the_cpu(files: dict[str, Path]) -> None:
+    t5 = NODE_CLASS_MAPPINGS["MochiT5Loader"]
+    path = str(files["t5xxl_fp16.safetensors"])
+    assert t5.VALIDATE_INPUTS(path, "fp32") is True
+    msg = t5.VALIDATE_INPUTS(path, "bf16")
+    assert msg.startswith("dtype='bf16' is not allowed here") and "GPU" in msg and "'fp32'" in msg, msg
+    with pytest.raises(InvalidInputError, match="bf16 T5 compute needs a GPU"):
+        t5().load(path, "default", "bf16", "")
+    assert "T5 loader" not in t5.DESCRIPTION and "shard" not in t5.DESCRIPTION.lower()
+
+
+# ------------------------------------------------------------------------------------------------ units
+
+
+def test_memory_budget_inputs_count_gb_as_powers_of_ten(tmp_path: Path) -> None:
+    """``memory_budget_gb`` = 10^9 bytes per GB, as the core planner and ``--budget 12GB``."""
+    from nodes.vae import MochiVAEDecodeTiled
+
+    class RecordingVAE:
+        def __init__(self) -> None:
+            self.device = torch.device("cpu")
+            self.budgets: list[int] = []
+
+        def weight_bytes(self) -> int:
+            return 1000
+
+        def decode(self, latent, *, memory_budget=None, tile=None, progress=None, should_stop=None):
+            self.budgets.append(memory_budget)
+            return torch.zeros(1, 3, 7, 8, 8)
+
+    vae = RecordingVAE()
+    MochiVAEDecodeTiled().decode(vae, {"samples": torch.zeros(1, 12, 2, 1, 1)}, 1.5)
+    assert vae.budgets == [1_500_000_000]
+
+
+def test_placement_log_labels_binary_units_gib() -> None:
+    from nodes.placement import Placement
+
+    text = Placement("full", 48, 0, 3 * 1024**3, 1024**3 // 2).describe()
+    assert text == "full: weights 3.00 GiB, activations ~0.50 GiB"
