@@ -4,8 +4,10 @@ Mid-size configuration (default depth 4, visual width 768 = 6 heads x 128, text 
 256 text tokens of which 40 are valid), latent of the real 848x480 aspect ratio (60x106 per frame, 2 latent
 frames = 3180 visual tokens). Both models get the same random weights (written once as an official file and
 loaded with ``load_dit``; the diffusers copy is mapped with ``to_diffusers_state_dict``). Prints the median
-time ratio (ours / diffusers) and the peak-memory ratio (peak RSS increase during one forward, measured in a
-fresh subprocess per implementation).
+time ratio (ours / diffusers; each implementation timed in its own fresh processes, ``--rounds`` of them in
+alternating order, with the default allocator, so neither's allocations change the other's page faults), the
+achieved GFLOP/s against one large matmul's, and the peak-memory ratio (peak RSS increase during one forward,
+measured in a fresh subprocess per implementation).
 
 ``--dtype bf16`` runs both in bfloat16 (weights stored bf16; ours keeps norms/RoPE/modulation in fp32 as its
 precision policy says; diffusers keeps its own internal fp32 upcasts).
@@ -154,30 +156,38 @@ def run_memory(which: str, path: str, args: argparse.Namespace) -> dict[str, flo
     return {"forward_peak_growth": peak[0] - base, "process_peak": process_peak}
 
 
-def run_timing(path: str, args: argparse.Namespace) -> dict[str, list[float]]:
-    """One process, both models, forwards alternated so that load from other processes hits both alike."""
+def run_timing(which: str, path: str, out_path: str, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Fresh process, one implementation, the process's allocator as given: warm-up, then ``repeats`` timed
+    forwards; the output is saved to ``out_path`` for the comparison of the two implementations."""
     torch.set_num_threads(args.threads)
     cfg = make_config(args)
-    fns = {w: _loader(w, path, cfg, args.dtype) for w in ("diffusers", "ours")}
+    fn = _loader(which, path, cfg, args.dtype)
     x, s, f, m = make_inputs(cfg, args)
-    times: dict[str, list[float]] = {w: [] for w in fns}
+    times = []
     with torch.inference_mode():
-        outs = {w: fn(x, s, f, m) for w, fn in fns.items()}  # warm-up
-        for r in range(args.repeats):
-            for w in ("diffusers", "ours") if r % 2 == 0 else ("ours", "diffusers"):
-                fn = fns[w]
-                t0 = time.perf_counter()
-                fn(x, s, f, m)
-                times[w].append(time.perf_counter() - t0)
-    diff = float((outs["ours"] - outs["diffusers"]).abs().max())
-    return {"times": times, "max_abs_diff": diff}
+        out = fn(x, s, f, m)  # warm-up
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            fn(x, s, f, m)
+            times.append(time.perf_counter() - t0)
+    torch.save(out, out_path)
+    return {"times": times}
 
 
-def _child(args: argparse.Namespace, mode: str, path: str) -> dict:
-    cmd = [sys.executable, __file__, *sys.argv[1:], "--child", mode, "--weights", path]
-    # fixed mmap threshold: freed activations go back to the OS at once, so RSS tracks live memory
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+# Each implementation is timed in its own processes with the default allocator (no MALLOC_* settings), so
+# neither's allocations change the other's page faults; rounds alternate the order.
+IMPLEMENTATIONS = ("diffusers", "ours")
+
+
+def _child(
+    args: argparse.Namespace, mode: str, path: str, env: dict[str, str] | None = None, extra: list[str] | None = None
+) -> dict:
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--child", mode, "--weights", path, *(extra or [])]
+    if env is None:
+        # memory runs: a fixed mmap threshold sends freed activations back to the OS at once, so RSS tracks live
+        # memory
+        env = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **env))
     if proc.returncode:
         raise SystemExit(f"{mode} run failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -199,11 +209,13 @@ def main() -> None:
         "--dtype", choices=["fp32", "bf16"], default="fp32", help="storage and compute dtype of both models"
     )
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--child", choices=["ours", "diffusers", "timing"], help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=2, help="timing processes per variant (alternated)")
+    ap.add_argument("--child", choices=["ours", "diffusers", "time-ours", "time-diffusers"], help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child == "timing":
-        print(json.dumps(run_timing(args.weights, args)))
+    if args.child and args.child.startswith("time-"):
+        print(json.dumps(run_timing(args.child[5:], args.weights, args.out, args)))
         return
     if args.child:
         print(json.dumps(run_memory(args.child, args.weights, args)))
@@ -212,21 +224,26 @@ def main() -> None:
     cfg = make_config(args)
     with tempfile.TemporaryDirectory() as tmp:
         path = str(write_dit(Path(tmp) / "dit.safetensors", "official", random_dit_state_dict(cfg, seed=0)))
-        timing = _child(args, "timing", path)
+        times: dict[str, list[float]] = {w: [] for w in IMPLEMENTATIONS}
+        outs = {w: str(Path(tmp) / f"out-{w}.pt") for w in IMPLEMENTATIONS}
+        for r in range(args.rounds):
+            for w in IMPLEMENTATIONS if r % 2 == 0 else IMPLEMENTATIONS[::-1]:
+                times[w] += _child(args, f"time-{w}", path, {}, ["--out", outs[w]])["times"]
+        diff = float((torch.load(outs["ours"]) - torch.load(outs["diffusers"])).abs().max())
         mem = {w: _child(args, w, path) for w in ("diffusers", "ours")}
-    t_ours = statistics.median(timing["times"]["ours"])
-    t_dif = statistics.median(timing["times"]["diffusers"])
+    t_ours = statistics.median(times["ours"])
+    t_dif = statistics.median(times["diffusers"])
     tokens = args.frames * (args.height // 2) * (args.width_px // 2)
     print(
         f"config: depth {cfg.depth}, width {cfg.hidden_size_x}/{cfg.hidden_size_y}, heads {cfg.num_heads}, "
         f"T5 {cfg.t5_feat_dim}; latent (B={args.batch}, 12, {args.frames}, {args.height}, {args.width_px}) = "
         f"{tokens} visual tokens; text {args.valid}/{args.tokens} valid; threads {args.threads}; {args.dtype} CPU"
     )
-    for w in ("diffusers", "ours"):
-        ts = timing["times"][w]
+    for w in IMPLEMENTATIONS:
+        ts = times[w]
         print(f"{w:9s}: median {statistics.median(ts):.3f} s  (runs {', '.join(f'{t:.3f}' for t in ts)})")
-    print(f"max abs difference of the outputs: {timing['max_abs_diff']:.2e}")
-    m_ours, m_dif = min(timing["times"]["ours"]), min(timing["times"]["diffusers"])
+    print(f"max abs difference of the outputs: {diff:.2e}")
+    m_ours, m_dif = min(times["ours"]), min(times["diffusers"])
     print(f"time ratio (ours / diffusers): median {t_ours / t_dif:.3f}, best-of {m_ours / m_dif:.3f}   (goal <= 0.7)")
     flops = forward_flops(cfg, args.batch, tokens, args.tokens, args.valid)
     print(

@@ -169,6 +169,21 @@ def _cast_factor(storage: str, compute: str) -> int:
     return 0 if storage == compute else 1
 
 
+def linear_cast_bytes(
+    out_features: int, in_features: int, *, tokens: int, compute_bytes: int, factor: int, device_type: str
+) -> int:
+    """Transient bytes of one cast-on-use Linear beyond its input and output: the cast weight (``factor`` 0 or 1,
+    :func:`_cast_factor`), or on the CPU, where ``mochi_core.ops.Linear`` casts a large weight in slices of rows,
+    one slice plus that slice's output for ``tokens`` input rows."""
+    from .. import ops
+
+    full = factor * out_features * in_features * compute_bytes
+    rows = ops.cast_chunk_rows(out_features, in_features, compute_bytes) if device_type == "cpu" else None
+    if full == 0 or rows is None:
+        return full
+    return rows * in_features * compute_bytes + tokens * rows * compute_bytes
+
+
 def attention_backend(device: str, attention: str, compute_bytes: int, head_dim: int) -> str:
     """The kernel torch would run: 'flash' / 'efficient' / 'cpu_flash' (O(N) memory) or 'math' (O(N²))."""
     if attention == "math":
@@ -203,6 +218,7 @@ def dit_activation_bytes(
     backend: str = "flash",
     uncond_tokens: int | None = 0,
     threads: int | None = None,
+    device_type: str = "cuda",
 ) -> dict[str, int]:
     """Peak bytes one DiT forward allocates beyond its weights, by part (see module docstring).
 
@@ -212,7 +228,8 @@ def dit_activation_bytes(
     whose valid text counts differ, the per-group buffers: +5) plus the kernel workspace; MLP = input, attention
     output, residual stream, modulated input, w1 output (2·F_x/D_x), w2 output, w2's weight cast; gated residual
     (16-bit only) = 10. ``uncond_tokens``: valid tokens of the negative prompt in a batched CFG call (0 = empty
-    prompt, the official default; None = same as ``text_tokens``).
+    prompt, the official default; None = same as ``text_tokens``). ``device_type`` "cpu": weight casts in slices
+    (:func:`linear_cast_bytes`).
     Returns {"rope", "stream" (the peak stage's live tensors incl. the weight cast), "attention_workspace" (kernel
     workspace at that stage), "inputs", "total"}.
     """
@@ -222,7 +239,9 @@ def dit_activation_bytes(
     u = b * n * dx * a
     rho = 2 if a == 2 else 1
     rope = n * dx * 4  # complex64 (N, H, hd/2)
-    cast_w2 = _cast_factor(storage, compute_dtype) * dx * fx * a
+    cast_w2 = linear_cast_bytes(
+        dx, fx, tokens=b * n, compute_bytes=a, factor=_cast_factor(storage, compute_dtype), device_type=device_type
+    )
     mlp = 5 * u + 2 * b * n * fx * a + cast_w2
     gated = 10 * u if a == 2 else 5 * u
     s = n + text_tokens
@@ -258,7 +277,12 @@ def dit_activation_bytes(
 
 
 def t5_activation_bytes(
-    sizes: T5Sizes | None = None, *, prompts: int = 2, compute_dtype: str = "fp32", storage: str = "fp16"
+    sizes: T5Sizes | None = None,
+    *,
+    prompts: int = 2,
+    compute_dtype: str = "fp32",
+    storage: str = "fp16",
+    device_type: str = "cuda",
 ) -> int:
     """Peak bytes of one T5 encoder call beyond its weights (transformers' eager T5 layer, ``mochi_core.text``).
 
@@ -270,8 +294,13 @@ def t5_activation_bytes(
     bl = prompts * sz.tokens
     a = _DTYPE_BYTES[compute_dtype]
     bias = prompts * sz.num_heads * sz.tokens**2 * 4
-    cast = (
-        _cast_factor("scaled_fp8" if storage.startswith("fp8") else storage, compute_dtype) * sz.d_ff * sz.d_model * a
+    cast = linear_cast_bytes(
+        sz.d_model,
+        sz.d_ff,
+        tokens=bl,
+        compute_bytes=a,
+        factor=_cast_factor("scaled_fp8" if storage.startswith("fp8") else storage, compute_dtype),
+        device_type=device_type,
     )
     ffn = 3 * bl * sz.d_model * a + 3 * bl * sz.d_ff * a + bias + cast
     attn = 6 * bl * sz.d_model * a + 3 * bias + sz.d_model * sz.d_kv * sz.num_heads * a

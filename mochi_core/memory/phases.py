@@ -74,6 +74,7 @@ class PhaseModel:
         text_tokens: int,
         prefetch: bool,
         reserve: int,
+        device_type: str = "cuda",
     ) -> None:
         self.lt, self.lh, self.lw = latent
         self.cfg, self.t5s, self.dcfg = dit_config, t5_sizes, decoder_config
@@ -85,7 +86,10 @@ class PhaseModel:
         # features + masks of prompt and negative prompt, carried from text encoding to sampling
         self.carried = 2 * t5_sizes.tokens * t5_sizes.d_model * 4 + 2 * t5_sizes.tokens
         self.t5_other, self.t5_layers = t5_weight_bytes(t5_sizes, t5_storage)
-        self.t5_act = t5_activation_bytes(t5_sizes, prompts=2, compute_dtype=t5_compute_dtype, storage=t5_storage)
+        self.device_type = device_type
+        self.t5_act = t5_activation_bytes(
+            t5_sizes, prompts=2, compute_dtype=t5_compute_dtype, storage=t5_storage, device_type=device_type
+        )
         self.dit_other, self.dit_blocks = dit_weight_bytes(dit_config, dit_storage)
         self.decoder_bytes = decoder_weight_bytes(decoder_config, vae_dtype)
         self.latent_shape = (1, decoder_config.latent_dim, self.lt, self.lh, self.lw)
@@ -122,6 +126,7 @@ class PhaseModel:
             compute_dtype=self.compute_dtype,
             storage=self.dit_storage,
             backend=self.backend,
+            device_type=self.device_type,
         )
         if resident < self.depth:
             w = streamed_weights(self.dit_other, self.dit_blocks, resident, self.prefetch)

@@ -317,6 +317,7 @@ def plan(
         text_tokens=l_txt,
         prefetch=prefetch,
         reserve=reserve,
+        device_type=torch.device(dev).type,
     )
     text = _choose_text(model, budget)
     samp = _choose_sampling(model, budget, resident_blocks, batch_cfg)

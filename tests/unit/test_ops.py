@@ -67,6 +67,70 @@ def test_linear_formats_match_dense(fmt: str) -> None:
     assert (out - dense(x)).abs().max().item() < tol
 
 
+def _stored_linear(fmt: str, dense: torch.nn.Linear) -> ops.Linear:
+    """``dense`` with its weight held in ``fmt`` (plain = fp8_e4m3fn, a cast is needed)."""
+    out_f, in_f = dense.weight.shape
+    lin = ops.Linear(in_f, out_f, device="meta")
+    w = dense.weight.detach()
+    if fmt == "plain":
+        ops.set_weight(lin, w.to(torch.float8_e4m3fn))
+    elif fmt == "scaled_fp8":
+        q, s = ops.quantize_scaled_fp8(w)
+        ops.set_weight(lin, q, fmt=fmt, scale=s)
+    else:
+        quant = ops.quantize_q8_0 if fmt == "q8_0" else ops.quantize_q4_0
+        ops.set_weight(lin, quant(w), fmt=fmt, shape=(out_f, in_f))
+    lin.bias = torch.nn.Parameter(dense.bias.detach().clone(), requires_grad=False)
+    return lin
+
+
+@pytest.mark.parametrize("fmt", ["plain", "scaled_fp8", "q8_0", "q4_0"])
+def test_cpu_linear_casts_large_weights_in_row_slices(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weight whose cast exceeds CPU_CAST_CHUNK_BYTES is cast slice by slice: same output, small cast buffer."""
+    from mochi_core.memory.tracking import PeakMemoryTracker
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(256, 200)
+    lin = _stored_linear(fmt, dense)
+    x = torch.randn(2, 5, 256)
+    with torch.inference_mode(), PeakMemoryTracker() as whole:
+        ref = lin(x)
+    full_cast = 200 * 256 * 4
+    monkeypatch.setattr(ops, "CPU_CAST_CHUNK_BYTES", full_cast // 8)
+    rows = ops.cast_chunk_rows(200, 256, 4)
+    assert rows == 25
+    calls: list[tuple[int, int] | None] = []
+    original = ops.CastWeights.compute_weight
+
+    def spy(self: ops.CastWeights, dtype: torch.dtype, device: torch.device, rows: tuple[int, int] | None = None):
+        calls.append(rows)
+        return original(self, dtype, device, rows)
+
+    monkeypatch.setattr(ops.CastWeights, "compute_weight", spy)
+    with torch.inference_mode(), PeakMemoryTracker() as sliced:
+        out = lin(x)
+    assert calls == [(i, i + 25) for i in range(0, 200, 25)]
+    assert out.shape == (2, 5, 200) and out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    # the whole fp32 cast (200 KB) is replaced by an eighth of it plus one slice of output (the tracker also counts
+    # the stored weight once a slice of it is taken: at most 34/32 byte per value)
+    assert whole.peak_bytes - sliced.peak_bytes >= full_cast // 2
+
+
+def test_linear_without_a_cast_is_never_sliced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weight already in the compute dtype needs no cast buffer: one matmul, no slices."""
+    monkeypatch.setattr(ops, "CPU_CAST_CHUNK_BYTES", 1024)
+    lin = ops.Linear(64, 32, bias=False, device="meta")
+    ops.set_weight(lin, torch.randn(32, 64))
+    calls: list[object] = []
+    original = ops.CastWeights.compute_weight
+    monkeypatch.setattr(
+        ops.CastWeights, "compute_weight", lambda self, *a: calls.append(a[2:] or None) or original(self, *a)
+    )
+    lin(torch.randn(3, 64))
+    assert calls == [None]
+
+
 def test_gguf_needs_block_multiple() -> None:
     with pytest.raises(InvalidInputError, match="multiple of 32"):
         ops.quantize_q8_0(torch.randn(4, 33))
