@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -96,7 +95,7 @@ def write_full_fp8(path: Path, seed: int = 0, config: object = None) -> Path:
 # ---------------------------------------------------------------------------------------------- ours (child)
 
 CHILD = r"""
-import json, sys, time, torch
+import json, resource, sys, time, torch
 sys.path.insert(0, {root!r})
 from mochi_core import load_dit
 from mochi_core.memory import enable_block_streaming
@@ -119,7 +118,8 @@ with torch.inference_mode():
     sample(model, noise, (feat, mask), (nfeat, nmask), steps=a["steps"], cfg=a["cfg"], batch_cfg=a["batch_cfg"],
            callback=lambda i, n, x0: stamps.append(time.perf_counter()))
 steps = [b - a_ for a_, b in zip(stamps, stamps[1:])]
-print("RESULT " + json.dumps({{"load_s": load_s, "step_s": steps}}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print("RESULT " + json.dumps({{"load_s": load_s, "step_s": steps, "peak_rss": peak}}))
 """
 
 
@@ -129,18 +129,11 @@ def run_ours(path: Path, args: argparse.Namespace, resident: int | None) -> dict
          "steps": args.steps, "cfg": args.cfg, "batch_cfg": not args.no_batch_cfg}
     )  # fmt: skip
     code = CHILD.format(root=str(ROOT), args=payload)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if proc.returncode != 0:
         raise SystemExit(f"our run failed:\n{proc.stderr[-4000:]}")
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    out = json.loads(line[7:])
-    # ru_maxrss of children is the max over all children so far; variants run largest-first is not guaranteed,
-    # so report it only when it grew (else the earlier child's peak bounds this one).
-    out["peak_rss"] = peak_kb * 1024 if peak_kb > before else None
-    out["peak_rss_upper"] = peak_kb * 1024
-    return out
+    return json.loads(line[7:])  # peak_rss: the child's own high-water mark (ru_maxrss of RUSAGE_SELF)
 
 
 # ---------------------------------------------------------------------------------------------- peer
@@ -221,18 +214,16 @@ def main() -> None:
         res = run_ours(path, args, resident)
         steps = res["step_s"]
         per_step = sum(steps) / len(steps)
-        rows.append((label, per_step, res["peak_rss"], res["peak_rss_upper"], res["load_s"]))
+        rows.append((label, per_step, res["peak_rss"], res["load_s"]))
     peer_step = sum(peer["step_s"]) / len(peer["step_s"])
     print(f"\n{args.width}x{args.height}x{args.frames}, {args.steps} steps, CFG {args.cfg}, threads {os.cpu_count()}")
     print(f"peer (ComfyUI native, {peer['source']}): {peer_step:.1f} s/step, peak RSS "
           + (f"{peer['peak_rss'] / 1e9:.2f} GB" if peer["peak_rss"] else "n/a"))  # fmt: skip
     print(f"{'variant':28s} {'s/step':>8s} {'ratio':>7s} {'peak RSS':>10s} {'RSS ratio':>9s} {'load s':>7s}")
-    for label, per_step, rss, rss_upper, load_s in rows:
-        rss_v = rss if rss is not None else rss_upper
-        rss_ratio = f"{rss_v / peer['peak_rss']:.2f}" if peer["peak_rss"] else "n/a"
-        mark = "" if rss is not None else " (<=)"
+    for label, per_step, rss, load_s in rows:
+        rss_ratio = f"{rss / peer['peak_rss']:.2f}" if peer["peak_rss"] else "n/a"
         print(
-            f"{label:28s} {per_step:8.1f} {per_step / peer_step:7.2f} {rss_v / 1e9:8.2f}GB{mark} {rss_ratio:>9s} {load_s:7.1f}"
+            f"{label:28s} {per_step:8.1f} {per_step / peer_step:7.2f} {rss / 1e9:8.2f}GB {rss_ratio:>9s} {load_s:7.1f}"
         )
     print("goals: time ratio <= 0.5, peak RSS <= 11 GB")
 

@@ -277,7 +277,7 @@ class MochiT5Loader:
                     },
                 ),
                 "dtype": (
-                    T5_DTYPES,
+                    t5_dtype_choices(),
                     {
                         "default": "fp32",
                         "tooltip": "Compute dtype: fp32 (official, exact) or bf16 (less memory; needs a GPU: refused when ComfyUI computes on the CPU). fp16 is not offered: T5 overflows in fp16.",
@@ -294,9 +294,10 @@ class MochiT5Loader:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, t5_name: Any, dtype: Any) -> bool | str:
+    def VALIDATE_INPUTS(cls, t5_name: Any) -> bool | str:
+        # only t5_name: ComfyUI files a VALIDATE_INPUTS message under every input the method takes, and skips its own
+        # choice check for them; dtype keeps ComfyUI's check against t5_dtype_choices() (bf16 absent on the CPU)
         def check() -> None:
-            check_t5_dtype(dtype)
             if t5_name is not None:  # None = linked: checked when the loader runs
                 check_model_file("text_encoders", t5_name, "t5")
 
@@ -327,14 +328,18 @@ def _check_vae_file(name: Any) -> str:
     return check_model_file("vae", name, "vae_decoder", alternatives=("vae_encoder",))
 
 
+def t5_dtype_choices() -> list[str]:
+    """The T5 compute dtypes offered here: fp32 always, bf16 only when ComfyUI computes on a GPU."""
+    return ["fp32"] if host.compute_device().type == "cpu" else list(T5_DTYPES)
+
+
 def check_t5_dtype(dtype: Any) -> None:
     """``dtype`` must be one of :data:`T5_DTYPES` (ComfyUI skips its choice check for inputs ``VALIDATE_INPUTS``
     takes), and bf16 needs a GPU: on the CPU T5 computes in fp32 (bf16 matmuls there are slow and not the official
     precision). ``None`` (linked) is skipped. Raises InvalidInputError."""
-    check_widget_values(MochiT5Loader, {"dtype": dtype})
-    device = host.compute_device()
-    if dtype == "bf16" and device.type == "cpu":
+    if dtype == "bf16" and host.compute_device().type == "cpu":
         raise invalid(
             "dtype='bf16' is not allowed here: bf16 T5 compute needs a GPU and this ComfyUI computes on the CPU; "
             "use dtype 'fp32' (to save memory, pick a smaller weight_dtype such as fp8_e4m3fn instead)"
         )
+    check_widget_values(MochiT5Loader, {"dtype": dtype})

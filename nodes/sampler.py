@@ -28,14 +28,36 @@ logger = logging.getLogger(__name__)
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 
-def check_sampler_inputs(width: Any, height: Any, frames: Any, steps: Any, linear_steps: Any) -> None:
+_ABSENT: Any = object()  # VALIDATE_INPUTS default of an unconnected optional link input
+
+
+def check_sampler_inputs(
+    width: Any,
+    height: Any,
+    frames: Any,
+    steps: Any,
+    linear_steps: Any,
+    threshold_noise: Any = None,
+    *,
+    size: bool = True,
+    schedule: bool = True,
+) -> None:
     """Checks of the inputs ``VALIDATE_INPUTS`` takes: the ranges of ``INPUT_TYPES`` (ComfyUI skips its own checks for
-    them), the Mochi size rules and the schedule. ``None`` = linked, not known at queue time: skipped there and
-    checked at run time. Raises InvalidInputError (a ValueError) naming the input and the allowed values."""
+    them), the Mochi size rules (``size``: False when a latent gives the size) and the schedule (``schedule``: False
+    when custom sigmas replace it). ``None`` = linked, not known at queue time: skipped there and checked at run
+    time. Raises InvalidInputError (a ValueError) naming the input and the allowed values."""
     values = {"width": width, "height": height, "frames": frames, "steps": steps, "linear_steps": linear_steps}
+    if threshold_noise is not None:
+        values["threshold_noise"] = threshold_noise
     check_widget_values(MochiSampler, values)
-    # a linked (unknown) value is replaced by a valid stand-in so the known ones are still checked
-    check_video_size(16 if width is None else width, 16 if height is None else height, 1 if frames is None else frames)
+    if size:
+        # a linked (unknown) value is replaced by a valid stand-in so the known ones are still checked
+        w, h, f = (
+            (16 if width is None else width),
+            (16 if height is None else height),
+            (1 if frames is None else frames),
+        )
+        check_video_size(w, h, f)
     if (
         steps is not None
         and linear_steps is not None
@@ -45,6 +67,13 @@ def check_sampler_inputs(width: Any, height: Any, frames: Any, steps: Any, linea
         raise invalid(
             f"linear_steps={linear_steps} is not allowed with steps={steps}: use 0 (auto = steps/2) or "
             f"1..{max(1, steps - 1)}"
+        )
+    if schedule and None not in (steps, linear_steps, threshold_noise):
+        from mochi_core.sampling import linear_quadratic_schedule
+
+        # the schedule these settings give must fall strictly from 1 to 0; its error names the largest working value
+        linear_quadratic_schedule(
+            int(steps), threshold_noise=float(threshold_noise), linear_steps=int(linear_steps) or None
         )
 
 
@@ -154,9 +183,23 @@ class MochiSampler:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width: Any, height: Any, frames: Any, steps: Any, linear_steps: Any) -> bool | str:
+    def VALIDATE_INPUTS(
+        cls,
+        width: Any,
+        height: Any,
+        frames: Any,
+        steps: Any,
+        linear_steps: Any,
+        threshold_noise: Any,
+        latent: Any = _ABSENT,
+        sigmas: Any = _ABSENT,
+    ) -> bool | str:
+        # ComfyUI passes None for a connected link input (latent, sigmas) and leaves an unconnected one out
         try:
-            check_sampler_inputs(width, height, frames, steps, linear_steps)
+            check_sampler_inputs(
+                width, height, frames, steps, linear_steps, threshold_noise,
+                size=latent is _ABSENT, schedule=sigmas is _ABSENT,
+            )  # fmt: skip
         except ValueError as exc:
             return str(exc)
         return True
@@ -181,7 +224,11 @@ class MochiSampler:
         import mochi_core
         from mochi_core.errors import InvalidInputError
 
-        check_sampler_inputs(width, height, frames, steps, linear_steps)  # linked inputs are known only now
+        # linked inputs are known only now; a latent gives the size, custom sigmas replace the schedule
+        check_sampler_inputs(
+            width, height, frames, steps, linear_steps, threshold_noise,
+            size=latent is None, schedule=sigmas is None,
+        )  # fmt: skip
         dit = model.model
         pos = conditioning_to_t5(positive, "positive")
         neg = conditioning_to_t5(negative, "negative")

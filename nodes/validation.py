@@ -147,7 +147,7 @@ def check_not_a_shard(folder: str, name: str) -> None:
     through the Python API and the command line, which take the folder (or its ``*.index.json``) as a path.
     """
     m = _SHARD_RE.search(os.path.basename(name))
-    if m is None:
+    if m is None or int(m.group(2)) <= 1:  # "-00001-of-00001" is a whole checkpoint
         return
     raise invalid(
         f"model file {name!r} is shard {int(m.group(1))} of {int(m.group(2))} of a sharded Hugging Face checkpoint; "

@@ -17,7 +17,10 @@ memory and travel to the GPU when used, peers.md §6.5, issue 7) with our own me
   ``N + 1 + prefetch`` blocks occupy the compute device at any moment; :class:`StreamingStats` records it.
 - When ``device`` and the offload device are the same (CPU-only machines), an offloaded block's tensors are
   replaced by ``meta`` placeholders, so a block that the mechanism failed to bring in cannot compute and the
-  residency counters describe real tensors, not bookkeeping.
+  residency counters describe real tensors, not bookkeeping. Weights that still sit in the checkpoint's memory
+  mapping (loaded as stored) are then also given back to the OS after each use
+  (:class:`~mochi_core.memory.pages.PageReleaser`): on the CPU, resident memory holds the N resident blocks and
+  the block being computed, not the whole model.
 
 Weights are rebound, never mutated: each parameter is replaced by a new ``nn.Parameter`` wrapping the home
 tensor or its device copy (no requires-grad, inference only). This is the same per-tensor movement that
@@ -35,6 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
+from .pages import PageReleaser
 
 __all__ = [
     "BlockStreamer",
@@ -139,6 +143,7 @@ class StreamingStats:
     streamed blocks only (1 without prefetch, 2 with). ``loads``: block copies to the compute device;
     ``prefetched``: how many of them were started ahead of the block's forward. ``bytes_loaded``: bytes copied.
     ``trace``: ("load" | "prefetch" | "forward" | "unload", block index), in order (capped at 10,000 entries).
+    ``bytes_released``: memory-mapped weight bytes given back to the OS after use (CPU, same device only).
     """
 
     max_loaded_blocks: int = 0
@@ -146,6 +151,7 @@ class StreamingStats:
     loads: int = 0
     prefetched: int = 0
     bytes_loaded: int = 0
+    bytes_released: int = 0
     trace: list[tuple[str, int]] = field(default_factory=list)
 
     def _log(self, what: str, index: int) -> None:
@@ -218,6 +224,7 @@ class BlockStreamer:
         self._pending: dict[int, Any] = {}  # block index -> CUDA event of its prefetch copy
         self._hooks: list[Any] = []
         self._removed = False
+        self._releasers: dict[int, PageReleaser] = {}
 
         # Non-block tensors and resident blocks go to the compute device.
         block_params = {id(_get(s)) for slots in self._slots for s in slots}
@@ -237,6 +244,10 @@ class BlockStreamer:
                     h = h.pin_memory()
                 home.append(h)
             self._home[i] = home
+            if self.same_device and not self.copy_on_load:
+                releaser = PageReleaser(home)
+                if releaser.ranges:
+                    self._releasers[i] = releaser
             self._unload(i, log=False)
 
         for i, blk in enumerate(blocks):
@@ -310,6 +321,10 @@ class BlockStreamer:
         for slot, h in zip(self._slots[index], self._home[index]):
             _bind(slot, torch.empty_like(h, device="meta") if self.same_device else h)
         self._loaded.discard(index)
+        releaser = self._releasers.get(index)
+        if releaser is not None:
+            releaser.release()
+            self.stats.bytes_released += releaser.nbytes
         if log:
             self.stats._log("unload", index)
 

@@ -85,7 +85,7 @@ def test_sampler_inputs_refused_with_named_input(args: tuple, message: str) -> N
 def test_sampler_inputs_valid_and_linked_values_pass() -> None:
     check_sampler_inputs(848, 480, 163, 64, 0)
     check_sampler_inputs(None, None, None, None, None)  # linked inputs are not known at queue time
-    assert NODE_CLASS_MAPPINGS["MochiSampler"].VALIDATE_INPUTS(848, 480, 30, 64, 0).startswith("frames=30")
+    assert NODE_CLASS_MAPPINGS["MochiSampler"].VALIDATE_INPUTS(848, 480, 30, 64, 0, 0.025).startswith("frames=30")
 
 
 def test_loader_validation_names_what_the_file_is(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_loader_validation_names_what_the_file_is(tmp_path: Path) -> None:
     assert "not a dit checkpoint" in msg and "vae_decoder" in msg
     msg = NODE_CLASS_MAPPINGS["MochiVAELoader"].VALIDATE_INPUTS(str(files["t5xxl_fp16.safetensors"]))
     assert "t5" in msg and "T5 loader" in msg
-    assert NODE_CLASS_MAPPINGS["MochiT5Loader"].VALIDATE_INPUTS(str(files["t5xxl_fp16.safetensors"]), "fp32") is True
+    assert NODE_CLASS_MAPPINGS["MochiT5Loader"].VALIDATE_INPUTS(str(files["t5xxl_fp16.safetensors"])) is True
     assert "not found" in NODE_CLASS_MAPPINGS["MochiVAELoader"].VALIDATE_INPUTS(str(tmp_path / "missing.safetensors"))
 
 

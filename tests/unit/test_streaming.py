@@ -7,6 +7,8 @@ from the parameters themselves by an independent probe inside every block's forw
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -235,6 +237,54 @@ def test_real_dit_streaming_matches_resident(tmp_path) -> None:
     assert handle.stats.max_loaded_blocks == 3 and handle.stats.max_streamed_loaded == 2
     assert handle.loaded_blocks() == [0]
     handle.remove()
+
+
+def _mapped_rss(path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(head[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps; madvise is Linux-only")
+@torch.no_grad()
+def test_cpu_streaming_gives_memory_mapped_blocks_back(tmp_path) -> None:
+    """On the CPU, blocks read straight from the checkpoint's memory mapping leave resident memory after use: after a
+    streamed forward only the resident block and the non-block tensors of the file stay mapped in, and the output
+    is unchanged (the released pages come back from the file)."""
+    from mochi_core import load_dit
+    from mochi_core.dit.config import DiTConfig
+    from mochi_core.testing.dit import random_dit_state_dict, write_dit
+
+    cfg = DiTConfig(depth=4, num_heads=4, hidden_size_x=256, hidden_size_y=128, t5_feat_dim=64, t5_token_length=16)
+    path = write_dit(tmp_path / "dit.safetensors", "official", random_dit_state_dict(cfg))
+    model = load_dit(path, device="cpu")  # fp32 as stored: the weights are the file's mapping
+    x = torch.randn(1, cfg.in_channels, 2, 8, 8)
+    feat = torch.randn(1, cfg.t5_token_length, cfg.t5_feat_dim)
+    mask = torch.zeros(1, cfg.t5_token_length, dtype=torch.bool)
+    mask[0, :5] = True
+    sigma = torch.tensor([0.4])
+    ref = model(x, sigma, feat, mask)
+    blocks = [block_nbytes(b) for b in model.blocks]
+    file_bytes = path.stat().st_size
+    assert _mapped_rss(path) >= 0.9 * file_bytes  # the forward touched every weight
+    handle = enable_block_streaming(model, 1, device="cpu")
+    for _ in range(2):
+        out = model(x, sigma, feat, mask)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+        rest = file_bytes - sum(blocks)  # header, embedders, final layer
+        # the resident block stays; of the streamed ones at most the partial pages at their edges
+        assert _mapped_rss(path) <= rest + blocks[0] + 2 * 4096 * 16
+        assert _mapped_rss(path) <= 0.5 * file_bytes
+    assert handle.stats.bytes_released >= 2 * sum(blocks[1:])
+    handle.remove()
+    torch.testing.assert_close(model(x, sigma, feat, mask), ref, rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
