@@ -19,6 +19,7 @@ import torch
 
 from .errors import InvalidInputError
 from .precision import parse_dtype
+from .scalars import as_int
 
 __all__ = [
     "check_callable",
@@ -52,9 +53,14 @@ def check_positive_bytes(value: Any, *, name: str) -> int | None:
     """None, or a positive int number of bytes."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidInputError(f"{_label(name, value)} is not allowed: use a positive int number of bytes, or None")
-    return value
+    message = f"{_label(name, value)} is not allowed: use a positive int number of bytes, or None"
+    try:
+        number = as_int(name, value)  # Python or numpy integers, one-element integer tensors
+    except InvalidInputError:
+        raise InvalidInputError(message) from None
+    if number <= 0:
+        raise InvalidInputError(message)
+    return number
 
 
 def parse_bytes(value: str | int | float, *, name: str = "budget") -> int:

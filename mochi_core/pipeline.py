@@ -36,7 +36,7 @@ import torch
 from .checks import check_callable, check_model_arg, check_positive_bytes, check_storage_dtype
 from .devices import check_device
 from .errors import InvalidInputError
-from .precision import check_compute_dtype, dtype_name
+from .precision import check_compute_dtype, dtype_name, parse_dtype
 from .sampling import (
     SamplingArgs,
     check_sampling_args,
@@ -47,6 +47,7 @@ from .sampling import (
     sample,
     validate_size,
 )
+from .scalars import as_bool, as_int
 from .text import T5Tokenizer, TextEncoder, find_tokenizer, load_text_encoder
 from .video import decoded_to_frames
 
@@ -93,8 +94,18 @@ def _plan_value(plan: Any, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
+def _load_device(value: Any, dev: torch.device) -> torch.device:
+    """A plan's load device ("cuda", "cpu") made concrete: the job's own device when the kinds match."""
+    d = torch.device(value)
+    return dev if d.type == dev.type and d.index is None else d
+
+
 def _dtype_name(value: str | torch.dtype | None) -> str | None:
-    return value if value is None or isinstance(value, str) else dtype_name(value)
+    """A dtype argument as the planner's name: None for None / "auto" / "default", "q8_0" / "q4_0" as they are."""
+    if isinstance(value, str) and value.strip().lower() in ("q8_0", "q4_0"):
+        return value.strip().lower()
+    parsed = parse_dtype(value, what="dtype")
+    return None if parsed is None else dtype_name(parsed)
 
 
 def _check_decode_choice(memory_budget: int | None, tile: Any) -> None:
@@ -141,8 +152,7 @@ def _check_inputs(
     validate_size(frames, height, width)
     args = check_sampling_args(**sampling, has_start_latent=start_latent is not None)
     check_seed(seed)
-    if not isinstance(batch_cfg, bool):
-        raise InvalidInputError(f"batch_cfg={batch_cfg!r} is not allowed: use True or False")
+    as_bool("batch_cfg", batch_cfg)
     if start_latent is not None:
         # generate() renders one video: batch 1, the latent size of (frames, height, width)
         check_start_latent(start_latent, (1, *latent_shape(frames, height, width)))
@@ -169,6 +179,12 @@ def _check_inputs(
     owns_t5 = check_model_arg(text_encoder, name="text_encoder", method="encode", loader="load_text_encoder")
     owns_dit = check_model_arg(dit, name="dit", method=None, loader="load_dit")
     owns_vae = check_model_arg(vae, name="vae", method="decode", loader="load_vae")
+    from .memory.files import check_model_paths
+
+    # the files given as paths are checked from their headers now, as the loaders will (kind, completeness)
+    check_model_paths(
+        dit=dit if owns_dit else None, text_encoder=text_encoder if owns_t5 else None, vae=vae if owns_vae else None
+    )
     if tokenizer is not None and not owns_t5:
         raise InvalidInputError(
             "tokenizer= is used only when text_encoder is a path; a loaded text_encoder keeps the tokenizer it was "
@@ -238,7 +254,7 @@ def _encode_phase(
             enc = load_text_encoder(
                 text_encoder,
                 tokenizer=tokenizer,
-                device=torch.device(_plan_value(plan, "t5_load_device", dev)),
+                device=_load_device(_plan_value(plan, "t5_load_device", dev), dev),
                 storage_dtype=_plan_value(plan, "t5_storage_dtype", t5_storage_dtype),
             )
             prepare_t5 = _plan_value(plan, "prepare_t5", None)
@@ -280,7 +296,7 @@ def _sampling_phase(
         if owns:
             from .dit import load_dit
 
-            model = load_dit(dit, device=torch.device(_plan_value(plan, "dit_load_device", dev)), **load)
+            model = load_dit(dit, device=_load_device(_plan_value(plan, "dit_load_device", dev), dev), **load)
             prepare = _plan_value(plan, "prepare_dit", None)
             if callable(prepare):
                 model = prepare(model, dev)
@@ -399,6 +415,10 @@ def generate(
     Every input is validated before any weight is read; errors are :class:`InvalidInputError` naming the argument.
     """
     t_start = time.perf_counter()
+    # integers and flags of any kind (numpy scalars, one-element tensors) as plain Python values
+    width, height, frames = (as_int(n, v) for n, v in (("width", width), ("height", height), ("frames", frames)))
+    seed = check_seed(seed)
+    batch_cfg = as_bool("batch_cfg", batch_cfg)
     size = (width, height, frames)
     models = (dit, text_encoder, vae)
     job = _check_inputs(
@@ -515,7 +535,7 @@ def generate(
         "height": height,
         "frames": int(video.shape[0]),
         "fps": 30,
-        "steps": steps,
+        "steps": args.steps,
         "cfg": args.cfg if cfg_schedule is None else list(args.cfgs),
         "sigmas": list(args.sigmas),
         "batch_cfg": batch_cfg and needs_uncond,

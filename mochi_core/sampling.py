@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 
 from .errors import InvalidInputError, MochiInterrupted
+from .scalars import as_bool, as_int, as_real
 
 __all__ = [
     "LATENT_CHANNELS",
@@ -68,10 +69,9 @@ def nearest_frame_counts(frames: int) -> tuple[int, int]:
 
 
 def validate_size(frames: int, height: int, width: int) -> None:
-    """Refuse a video size the DiT and VAE cannot take (frames 6k+1, height and width multiples of 16)."""
-    for name, value in (("frames", frames), ("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidInputError(f"{name} must be an integer, got {value!r}")
+    """Refuse a video size the DiT and VAE cannot take (frames 6k+1, height and width multiples of 16); integers
+    of any kind (Python, numpy, one-element tensors)."""
+    frames, height, width = (as_int(n, v) for n, v in (("frames", frames), ("height", height), ("width", width)))
     if frames < 1 or (frames - 1) % 6:
         lo, hi = nearest_frame_counts(frames)
         near = f"{lo} or {hi}" if frames > 1 else f"{lo}"
@@ -89,6 +89,7 @@ def validate_size(frames: int, height: int, width: int) -> None:
 def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int, int]:
     """(C, T, H, W) = (12, (frames - 1) / 6 + 1, height / 8, width / 8) of a video size (validated)."""
     validate_size(frames, height, width)
+    frames, height, width = int(frames), int(height), int(width)
     return (LATENT_CHANNELS, (frames - 1) // 6 + 1, height // 8, width // 8)
 
 
@@ -116,34 +117,36 @@ def validate_sigmas(sigmas: Sequence[float], steps: int | None = None) -> list[f
     return values
 
 
-def _check_steps(steps: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+def _check_steps(steps: int) -> int:
+    """``steps`` as an int >= 1."""
+    value = as_int("steps", steps, what="an integer >= 1")
+    if value < 1:
         raise InvalidInputError(f"steps={steps!r} is not allowed: steps must be an integer >= 1")
+    return value
 
 
 def _finite_number(name: str, value: Any, *, minimum: float) -> float:
     """``value`` as a float that is finite and >= ``minimum``, or InvalidInputError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInputError(f"{name}={value!r} is not a number; {name} must be a finite number >= {minimum:g}")
-    v = float(value)
-    if not math.isfinite(v) or v < minimum:
+    v = as_real(name, value, what=f"a finite number >= {minimum:g}")
+    if v < minimum:
         raise InvalidInputError(f"{name}={value!r} is not allowed: {name} must be a finite number >= {minimum:g}")
     return v
 
 
 def check_seed(seed: int) -> int:
-    """A noise seed is an integer in [0, 2**64)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed < 2**64):
+    """A noise seed is an integer in [0, 2**64); returned as a Python int."""
+    value = as_int("seed", seed, what="an integer in [0, 2**64)")
+    if not (0 <= value < 2**64):
         raise InvalidInputError(f"seed={seed!r} is not allowed: use an integer in [0, 2**64)")
-    return seed
+    return value
 
 
 def _cfg_list(cfg_schedule: Sequence[float] | torch.Tensor, steps: int) -> list[float]:
-    if isinstance(cfg_schedule, torch.Tensor):
-        if cfg_schedule.dim() != 1:
-            raise InvalidInputError(f"cfg_schedule must be 1-D (one value per step); got {tuple(cfg_schedule.shape)}")
-        values: list[Any] = cfg_schedule.tolist()
-    elif isinstance(cfg_schedule, (str, bytes, dict)) or not isinstance(cfg_schedule, Sequence):
+    if hasattr(cfg_schedule, "tolist") and hasattr(cfg_schedule, "ndim"):  # torch tensor, numpy array
+        if cfg_schedule.ndim != 1:  # type: ignore[union-attr]
+            raise InvalidInputError(f"cfg_schedule must be 1-D (one value per step); got {tuple(cfg_schedule.shape)}")  # type: ignore[union-attr]
+        values: list[Any] = cfg_schedule.tolist()  # type: ignore[union-attr]
+    elif isinstance(cfg_schedule, (str, bytes, dict)) or not hasattr(cfg_schedule, "__iter__"):
         raise InvalidInputError(
             f"cfg_schedule must be a list of numbers, one per step ({steps}); got {type(cfg_schedule).__name__}"
         )
@@ -188,22 +191,27 @@ def check_sampling_args(
 ) -> SamplingArgs:
     """The one check of the sampler's scalar arguments, shared by :func:`sample` and ``pipeline.generate``.
 
-    ``steps`` >= 1; ``cfg`` a finite number >= 0 (always checked, even when ``cfg_schedule`` replaces it);
+    ``steps`` >= 1; ``cfg`` a finite number >= 0 (may be None when ``cfg_schedule`` gives one value per step);
     ``sigmas`` (steps + 1 values strictly decreasing to 0) or else the linear-quadratic schedule from
     ``threshold_noise`` and ``linear_steps`` (which are then unused when ``sigmas`` is given); ``cfg_schedule``
     one finite value >= 0 per step; ``denoise`` in (0, 1], below 1 only with a start latent. Raises
     :class:`InvalidInputError` naming the argument; no tensor work.
     """
-    _check_steps(steps)
-    cfg_value = _finite_number("cfg", cfg, minimum=0.0)
+    steps = _check_steps(steps)
+    if cfg_schedule is None:
+        cfg_value = _finite_number("cfg", cfg, minimum=0.0)
+        cfgs = [cfg_value] * steps
+    else:
+        cfgs = _cfg_list(cfg_schedule, steps)
+        cfg_value = cfgs[0] if cfg is None else _finite_number("cfg", cfg, minimum=0.0)
     if sigmas is None:
         sched = linear_quadratic_schedule(steps, threshold_noise, linear_steps)
     else:
         sched = validate_sigmas(sigmas, steps)
-    cfgs = [cfg_value] * steps if cfg_schedule is None else _cfg_list(cfg_schedule, steps)
-    if isinstance(denoise, bool) or not isinstance(denoise, (int, float)) or not (0.0 < float(denoise) <= 1.0):
+    denoise = as_real("denoise", denoise, what="a number in (0, 1]")
+    if not (0.0 < denoise <= 1.0):
         raise InvalidInputError(f"denoise={denoise!r} is not allowed: it must be in (0, 1]")
-    if float(denoise) < 1.0 and not has_start_latent:
+    if denoise < 1.0 and not has_start_latent:
         raise InvalidInputError("denoise < 1 needs a start_latent (video-to-video); use denoise=1.0 for text-to-video")
     return SamplingArgs(
         steps=steps,
@@ -258,8 +266,7 @@ def _check_callables(dit: Any, callback: Any, should_stop: Any, batch_cfg: Any) 
     for name, fn in (("callback", callback), ("should_stop", should_stop)):
         if fn is not None and not callable(fn):
             raise InvalidInputError(f"{name} must be callable or None; got {type(fn).__name__}")
-    if not isinstance(batch_cfg, bool):
-        raise InvalidInputError(f"batch_cfg={batch_cfg!r} is not allowed: use True or False")
+    as_bool("batch_cfg", batch_cfg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,11 +279,14 @@ def _linear_steps(linear_steps: int | None, steps: int) -> int:
     if linear_steps is None:
         return steps // 2
     top = max(1, steps - 1)
-    if isinstance(linear_steps, bool) or not isinstance(linear_steps, int) or not (1 <= linear_steps <= top):
-        raise InvalidInputError(
-            f"linear_steps={linear_steps!r} is not allowed with steps={steps}: use 1..{top} or None (= steps // 2)"
-        )
-    return linear_steps
+    message = f"linear_steps={linear_steps!r} is not allowed with steps={steps}: use 1..{top} or None (= steps // 2)"
+    try:
+        value = as_int("linear_steps", linear_steps)
+    except InvalidInputError:
+        raise InvalidInputError(message) from None
+    if not (1 <= value <= top):
+        raise InvalidInputError(message)
+    return value
 
 
 def _check_schedule(sigmas: list[float], tau: float, lin: int, steps: int) -> None:
@@ -305,10 +315,8 @@ def linear_quadratic_schedule(
     A ``threshold_noise`` so large that the quadratic overshoots 1 (sigmas not strictly decreasing, or negative)
     is refused with the largest value that works.
     """
-    _check_steps(steps)
-    if isinstance(threshold_noise, bool) or not isinstance(threshold_noise, (int, float)):
-        raise InvalidInputError(f"threshold_noise={threshold_noise!r} is not a number; it must be in (0, 1)")
-    tau = float(threshold_noise)
+    steps = _check_steps(steps)
+    tau = as_real("threshold_noise", threshold_noise, what="a number in (0, 1)")
     if not (0.0 < tau < 1.0):
         raise InvalidInputError(f"threshold_noise={threshold_noise!r} is not allowed: it must be in (0, 1)")
     lin = _linear_steps(linear_steps, steps)
@@ -337,8 +345,9 @@ def make_noise(
     CUDA, so the same seed gives other noise there. The result is moved to ``device`` after drawing, so a seed
     gives the same noise on every device.
     """
-    check_seed(seed)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+    seed = check_seed(seed)
+    batch = as_int("batch", batch, what="an integer >= 1")
+    if batch < 1:
         raise InvalidInputError(f"batch={batch!r} is not allowed: use an integer >= 1")
     shape = (batch, *latent_shape(frames, height, width))
     g = torch.Generator(device="cpu").manual_seed(seed)

@@ -354,7 +354,9 @@ def load_text_encoder(
     None keeps the file's storage. ``tokenizer``: see :func:`find_tokenizer`; resolved at once, so a missing
     tokenizer fails before the weights are read.
     """
-    dev = torch.device(device)
+    from .devices import check_device
+
+    dev = check_device(device)
     compute = parse_dtype(dtype, what="dtype") or torch.float32
     if compute == torch.float16 or compute in FLOAT8_DTYPES:
         raise InvalidInputError(f"dtype={dtype_name(compute)} is not allowed for T5 (overflows); allowed: fp32, bf16")

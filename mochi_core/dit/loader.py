@@ -19,11 +19,11 @@ from ..devices import check_device
 from ..errors import InvalidInputError, UnsupportedCheckpointError
 from ..formats.detect import DIT, require_component
 from ..formats.dit import DiTLayout, DiTSource, detect_dit_layout, read_source
-from ..formats.io import open_checkpoint
+from ..formats.io import Checkpoint, open_checkpoint
 from .config import DiTConfig
 from .model import AsymmDiT
 
-__all__ = ["load_dit", "parse_storage", "COMPUTE_DTYPES"]
+__all__ = ["load_dit", "read_dit_header", "parse_storage", "COMPUTE_DTYPES"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,24 @@ def _check_shapes(layout: DiTLayout, cfg: DiTConfig, source: str) -> None:
             f"{source}: tensor shapes are inconsistent with any Mochi DiT configuration (inferred {cfg}): "
             + ", ".join(parts)
         )
+
+
+def _inspect(ckpt: Checkpoint, p: Path) -> tuple[DiTLayout, DiTConfig]:
+    """Layout and configuration of an open DiT checkpoint, from its header; refuses other components and tensor
+    sets that match no Mochi DiT configuration."""
+    require_component(ckpt.keys(), DIT, path=str(p))
+    layout = detect_dit_layout(ckpt.infos, source=p.name)
+    cfg = DiTConfig.from_shapes({k: s.shape for k, s in layout.sources.items()}, source=p.name)
+    _check_shapes(layout, cfg, p.name)
+    return layout, cfg
+
+
+def read_dit_header(path: str | os.PathLike[str]) -> tuple[DiTLayout, DiTConfig]:
+    """What :func:`load_dit` would find in ``path`` (file, shard folder, index, diffusers pipeline folder), read from
+    the header(s) only: the layout and the inferred configuration. Raises UnsupportedCheckpointError as the loader."""
+    p = _resolve_path(path)
+    with open_checkpoint(p) as ckpt:
+        return _inspect(ckpt, p)
 
 
 def _convert(
@@ -160,10 +178,7 @@ def load_dit(
     p = _resolve_path(path)
     with open_checkpoint(p) as ckpt:
         source = p.name
-        require_component(ckpt.keys(), DIT, path=str(p))
-        layout = detect_dit_layout(ckpt.infos, source=source)
-        cfg = DiTConfig.from_shapes({k: s.shape for k, s in layout.sources.items()}, source=source)
-        _check_shapes(layout, cfg, source)
+        layout, cfg = _inspect(ckpt, p)
         logger.info("DiT %s: layout %s, %s, storage %s", source, layout.name, cfg, target or "as stored")
         model = AsymmDiT(cfg, device="meta", compute_dtype=compute, attention=backend)
         for key, src in layout.sources.items():

@@ -21,7 +21,7 @@ from ..precision import STORAGE_DTYPES, dtype_name
 from .estimates import T5Sizes
 from .planner import Plan, plan
 
-__all__ = ["ModelFiles", "inspect_model_files", "plan_for_files"]
+__all__ = ["ModelFiles", "check_model_paths", "inspect_model_files", "plan_for_files"]
 
 PathLike = str | os.PathLike[str]
 
@@ -46,14 +46,9 @@ def _storage_name(fmt: str, dtype: torch.dtype, what: str) -> str:
 
 
 def _dit(path: PathLike) -> tuple[object, str]:
-    from ..dit.config import DiTConfig
-    from ..formats.detect import DIT, require_component
-    from ..formats.dit import detect_dit_layout
+    from ..dit.loader import read_dit_header
 
-    with open_checkpoint(path) as ckpt:
-        require_component(ckpt.keys(), DIT, path=str(path))
-        layout = detect_dit_layout(ckpt.infos, source=os.path.basename(str(path)))
-    cfg = DiTConfig.from_shapes({k: s.shape for k, s in layout.sources.items()}, source=str(path))
+    layout, cfg = read_dit_header(path)  # the loader's own checks: every tensor of the configuration is present
     src = layout.sources["blocks.0.mlp_x.w1.weight"]
     return cfg, _storage_name(src.fmt, src.dtype, "DiT")
 
@@ -91,6 +86,19 @@ def _decoder(path: PathLike) -> object:
             raise InvalidInputError(f"{path}: this VAE file holds no decoder; a text-to-video job needs one")
         shapes = mapped_shapes(ckpt.infos, kmap.decoder)
     return DecoderConfig.from_shapes(shapes)
+
+
+def check_model_paths(
+    *, dit: PathLike | None = None, text_encoder: PathLike | None = None, vae: PathLike | None = None
+) -> None:
+    """Refuse, from the headers alone, a model file of the wrong kind, truncated, or incomplete (the loaders' own
+    checks), for each path given; so a job is refused before any model loads, not after sampling."""
+    if dit is not None:
+        _dit(dit)
+    if text_encoder is not None:
+        _t5(text_encoder)
+    if vae is not None:
+        _decoder(vae)
 
 
 def inspect_model_files(dit: PathLike, text_encoder: PathLike, vae: PathLike) -> ModelFiles:

@@ -11,6 +11,7 @@ import math
 import re
 
 from ..errors import InvalidInputError
+from ..scalars import as_real
 
 __all__ = ["GB", "GiB", "MB", "MiB", "parse_bytes", "format_bytes"]
 
@@ -44,12 +45,18 @@ def parse_bytes(value: str | int | float, *, what: str = "budget", allow_zero: b
     Raises :class:`~mochi_core.errors.InvalidInputError` for anything else (negative, NaN, bool, unknown unit).
     """
     least = "0 or more" if allow_zero else "positive"
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InvalidInputError(f"{what}={value!r} is not a size; {_HINT}, e.g. 20GB, 12GiB or a byte count")
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if not isinstance(value, str):
+        try:  # numbers of any kind: int, float, numpy scalars, one-element tensors
+            number = as_real(what, value, what="a finite number")
+        except InvalidInputError:
+            if isinstance(value, float) and math.isnan(value):
+                raise InvalidInputError(f"{what}={value!r} must be a {least} number of bytes") from None
+            raise InvalidInputError(
+                f"{what}={value!r} is not a size; {_HINT}, e.g. 20GB, 12GiB or a byte count"
+            ) from None
+        if number < 0 or (number == 0 and not allow_zero):
             raise InvalidInputError(f"{what}={value!r} must be a {least} number of bytes")
-        return int(value)
+        return int(number)
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _UNITS:

@@ -22,6 +22,7 @@ from ..errors import InvalidInputError, UnsupportedCheckpointError
 from ..formats.io import Checkpoint, open_checkpoint
 from ..formats.vae import mapped_shapes, vae_key_map
 from ..precision import FLOAT8_DTYPES, check_compute_dtype, default_compute_dtype, dtype_name, parse_dtype
+from ..scalars import as_real
 from .config import DecoderConfig, EncoderConfig
 from .decoder import Decoder
 from .encoder import Encoder
@@ -197,9 +198,13 @@ class VAE:
     def plan_decode(self, latent_shape: tuple[int, ...], memory_budget: int) -> TilePlan:
         """The tile plan :meth:`decode` would use for ``memory_budget`` bytes (raises DoesNotFitError)."""
         cfg = self._decode_config(latent_shape)
-        if not isinstance(memory_budget, int) or isinstance(memory_budget, bool) or memory_budget <= 0:
-            raise InvalidInputError(f"memory_budget must be a positive int (bytes); got {memory_budget!r}")
-        return choose_tiles(tuple(latent_shape), memory_budget, cfg, self.dtype)
+        try:
+            budget = as_real("memory_budget", memory_budget)
+        except InvalidInputError:
+            budget = -1.0
+        if budget < 1:
+            raise InvalidInputError(f"memory_budget must be a positive number of bytes; got {memory_budget!r}")
+        return choose_tiles(tuple(latent_shape), int(budget), cfg, self.dtype)
 
     def working_set_bytes(self, latent_shape: tuple[int, ...], tile: TilePlan | int | tuple[int, ...]) -> int:
         """Estimated peak bytes of :meth:`decode` with ``tile`` (output accumulator included)."""

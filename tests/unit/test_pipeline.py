@@ -366,3 +366,70 @@ def test_an_interrupted_sampling_releases_the_dit(models, t5_tokenizer_dir) -> N
             steps=2, cfg=1.0, should_stop=lambda: True, **SIZE,
         )  # fmt: skip
     assert info.value is not None and _alive(AsymmDiT) == before
+
+
+def test_numbers_of_any_kind_are_taken(models, t5_tokenizer_dir) -> None:
+    """numpy scalars and one-element tensors work wherever a number is expected, and the summary holds plain
+    Python values (JSON-serializable)."""
+    import json
+
+    np = pytest.importorskip("numpy")
+    base = {"dit": models["dit"], "vae": models["vae"], "text_encoder": models["t5"], "tokenizer": t5_tokenizer_dir}
+    ref = generate("a fox", **base, steps=2, cfg=4.5, seed=3, **SIZE)
+    r = generate(
+        "a fox",
+        **base,
+        width=np.int64(48),
+        height=torch.tensor(32),
+        frames=np.int32(7),
+        steps=np.int64(2),
+        cfg=np.float32(4.5),
+        threshold_noise=torch.tensor(0.025),
+        seed=np.uint64(3),
+        batch_cfg=np.bool_(True),
+        memory_budget=np.int64(10**9),
+    )
+    torch.testing.assert_close(r.latent, ref.latent, rtol=0, atol=1e-6)
+    json.dumps(r.summary)
+    assert r.summary["seed"] == 3 and type(r.summary["steps"]) is int
+    sched = generate("a fox", **base, steps=2, cfg=None, cfg_schedule=np.array([4.5, 4.5]), seed=3, **SIZE)
+    torch.testing.assert_close(sched.latent, ref.latent, rtol=0, atol=1e-6)
+
+
+def test_auto_dtypes_work_with_a_budget(models, t5_tokenizer_dir) -> None:
+    base = {"dit": models["dit"], "vae": models["vae"], "text_encoder": models["t5"], "tokenizer": t5_tokenizer_dir}
+    r = generate(
+        "a fox", **base, steps=1, cfg=1.0, dtype="auto", vae_dtype="auto", dit_storage_dtype="default",
+        t5_storage_dtype="auto", budget="100GB", **SIZE,
+    )  # fmt: skip
+    assert r.frames.shape == (7, 32, 48, 3) and r.summary["plan"]["fits"]
+
+
+@pytest.mark.parametrize("which", ["dit", "vae", "text_encoder"])
+def test_a_model_file_of_the_wrong_kind_is_refused_before_any_work(models, which, no_work) -> None:
+    from mochi_core.errors import UnsupportedCheckpointError
+
+    wrong = {"dit": models["vae"], "vae": models["dit"], "text_encoder": models["vae"]}[which]
+    args = {"dit": models["dit"], "vae": models["vae"], "text_encoder": models["t5"], "steps": 2, **SIZE}
+    with pytest.raises((UnsupportedCheckpointError, InvalidInputError)):
+        generate("x", **{**args, which: wrong})
+
+
+def test_an_incomplete_dit_is_refused_with_a_budget_too(models, t5_tokenizer_dir, tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from mochi_core.errors import UnsupportedCheckpointError
+
+    sd = load_file(str(models["dit"]))
+    del sd["blocks.0.mlp_x.w1.weight"]
+    broken = tmp_path / "dit_missing.safetensors"
+    save_file(sd, str(broken))
+    args = {"vae": models["vae"], "text_encoder": models["t5"], "tokenizer": t5_tokenizer_dir, "steps": 2, **SIZE}
+    for budget in (None, "10GB"):
+        with pytest.raises(UnsupportedCheckpointError, match="missing"):
+            generate("x", dit=broken, budget=budget, **args)
+
+
+def test_text_encoder_device_is_checked(models, t5_tokenizer_dir) -> None:
+    with pytest.raises(InvalidInputError, match="device='gpu'"):
+        load_text_encoder(models["t5"], tokenizer=t5_tokenizer_dir, device="gpu")

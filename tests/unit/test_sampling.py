@@ -372,3 +372,30 @@ def test_check_sampling_args_is_the_one_check() -> None:
     assert v2v.sigmas[v2v.first] <= 0.5 < v2v.sigmas[v2v.first - 1]
     # explicit sigmas: the schedule parameters are not used, so not checked against them
     assert check_sampling_args(steps=2, cfg=1.0, sigmas=[1.0, 0.5, 0.0], linear_steps=40).sigmas == (1.0, 0.5, 0.0)
+
+
+def test_numpy_and_tensor_scalars_are_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    from mochi_core.memory import plan
+    from mochi_core.memory.units import parse_bytes
+    from mochi_core.sampling import check_sampling_args, linear_quadratic_schedule, make_noise
+
+    assert linear_quadratic_schedule(np.int64(4), np.float32(0.025)) == linear_quadratic_schedule(
+        4, float(np.float32(0.025))
+    )
+    assert linear_quadratic_schedule(torch.tensor(4), 0.025, linear_steps=np.int16(2)) == linear_quadratic_schedule(
+        4, 0.025, 2
+    )
+    torch.testing.assert_close(
+        make_noise(np.uint64(5), frames=7, height=16, width=16, batch=np.int8(2)),
+        make_noise(5, frames=7, height=16, width=16, batch=2),
+    )
+    a = check_sampling_args(steps=np.int64(3), cfg=torch.tensor(2.5), cfg_schedule=None, denoise=np.float64(1.0))
+    assert a.steps == 3 and type(a.steps) is int and a.cfgs == (2.5, 2.5, 2.5)
+    b = check_sampling_args(steps=2, cfg=None, cfg_schedule=(c for c in [4.5, 3.0]))
+    assert b.cfgs == (4.5, 3.0)
+    assert parse_bytes(np.int64(10**9)) == 10**9
+    assert plan(848, 480, 31, budget_bytes=np.int64(20 * 10**9)).budget_bytes == 20 * 10**9
+    for bad in (True, "4", 2.5, torch.tensor([1, 2])):
+        with pytest.raises(InvalidInputError, match="steps="):
+            check_sampling_args(steps=bad, cfg=1.0)

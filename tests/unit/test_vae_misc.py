@@ -78,3 +78,16 @@ def test_vae_to_and_attributes(golden_dir):
     assert vae.to("cpu", torch.float32) is vae
     assert vae.weight_bytes() == 303_299 * 4
     assert "decoder=True" in repr(vae)
+
+
+def test_plan_decode_takes_budgets_of_any_number_kind() -> None:
+    np = pytest.importorskip("numpy")
+    from mochi_core.testing.vae import random_decoder_state_dict
+    from mochi_core.vae.loader import build_from_state_dict
+
+    vae = build_from_state_dict(random_decoder_state_dict(), None)
+    shape = (1, 12, 2, 8, 8)
+    ref = vae.plan_decode(shape, 10**8)
+    assert vae.plan_decode(shape, 1e8) == ref and vae.plan_decode(shape, np.int64(10**8)) == ref
+    with pytest.raises(InvalidInputError, match="memory_budget"):
+        vae.plan_decode(shape, -1)
