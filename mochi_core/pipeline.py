@@ -466,10 +466,19 @@ def generate(
             attention=attention,
             batch_cfg=batch_cfg,
         )
-    batch_cfg = bool(_plan_value(plan, "batch_cfg", batch_cfg))
+    # a plan's values override the arguments: checked here too, before any model loads
+    batch_cfg = as_bool("plan batch_cfg", _plan_value(plan, "batch_cfg", batch_cfg))
     memory_budget = check_positive_bytes(_plan_value(plan, "memory_budget", memory_budget), name="memory_budget")
     tile = _plan_value(plan, "tile", tile)
     _check_decode_choice(memory_budget, tile)
+    if tile is not None:
+        from .vae.tiling import TilePlan
+
+        TilePlan.parse(tile)
+    if plan is not None:
+        from .dit.attention import check_backend
+
+        check_backend(_plan_value(plan, "attention", attention))
     needs_uncond = args.needs_uncond
     timings: dict[str, float] = {}
     formats: dict[str, str] = {}

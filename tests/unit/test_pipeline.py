@@ -433,3 +433,17 @@ def test_an_incomplete_dit_is_refused_with_a_budget_too(models, t5_tokenizer_dir
 def test_text_encoder_device_is_checked(models, t5_tokenizer_dir) -> None:
     with pytest.raises(InvalidInputError, match="device='gpu'"):
         load_text_encoder(models["t5"], tokenizer=t5_tokenizer_dir, device="gpu")
+
+
+@pytest.mark.parametrize(
+    "plan, words",
+    [
+        ({"tile": "abc"}, "tile must be"),
+        ({"attention": "xformers"}, "attention='xformers'"),
+        ({"batch_cfg": "no"}, "batch_cfg"),
+    ],
+)
+def test_values_from_a_plan_are_checked_before_any_work(models, t5_tokenizer_dir, no_work, plan, words) -> None:
+    args = {"dit": models["dit"], "vae": models["vae"], "text_encoder": models["t5"], "tokenizer": t5_tokenizer_dir}
+    with pytest.raises(InvalidInputError, match=words):
+        generate("x", **args, steps=2, plan=plan, **SIZE)
