@@ -26,7 +26,6 @@ __all__ = [
     "check_model_arg",
     "check_positive_bytes",
     "check_storage_dtype",
-    "parse_bytes",
 ]
 
 
@@ -61,14 +60,6 @@ def check_positive_bytes(value: Any, *, name: str) -> int | None:
     if number <= 0:
         raise InvalidInputError(message)
     return number
-
-
-def parse_bytes(value: str | int | float, *, name: str = "budget") -> int:
-    """'20GB' -> 20e9, '18GiB' -> 18 * 2**30, '123456' -> bytes (the pack's one rule, :mod:`mochi_core.memory.units`);
-    errors name ``name`` (``budget``, ``--memory-budget`` ...)."""
-    from .memory.units import parse_bytes as _parse
-
-    return _parse(value, what=name)
 
 
 def check_callable(fn: Any, *, name: str) -> Callable[..., Any] | None:

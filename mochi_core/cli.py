@@ -36,9 +36,9 @@ logger = logging.getLogger(__name__)
 def parse_bytes(text: str, *, name: str = "--budget") -> int:
     """'20GB' -> 20e9, '18GiB' -> 18 * 2**30, '123456' -> bytes: the planner's parser (one rule for every command);
     an error names the option ``name`` (e.g. ``--memory-budget``)."""
-    from .checks import parse_bytes as _parse
+    from .memory.units import parse_bytes as _parse
 
-    return _parse(text, name=name)
+    return _parse(text, what=name)
 
 
 def _add_generate_parser(subparsers: Any) -> None:

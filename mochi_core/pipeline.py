@@ -135,8 +135,6 @@ def _check_inputs(
     *,
     tokenizer: Any,
     sampling: dict[str, Any],
-    seed: int,
-    batch_cfg: Any,
     start_latent: Any,
     device: Any,
     dtypes: dict[str, Any],
@@ -145,14 +143,13 @@ def _check_inputs(
     tile: Any,
     callbacks: dict[str, Any],
 ) -> _Checked:
-    """Every argument of :func:`generate`, cheapest first; model paths are checked last (they only must exist)."""
+    """Every other argument of :func:`generate` (sizes, seed and batch_cfg are normalized by it first), cheapest
+    first; model files last (their headers are read)."""
     if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
         raise InvalidInputError("prompt and negative_prompt must be strings")
     width, height, frames = size
     validate_size(frames, height, width)
     args = check_sampling_args(**sampling, has_start_latent=start_latent is not None)
-    check_seed(seed)
-    as_bool("batch_cfg", batch_cfg)
     if start_latent is not None:
         # generate() renders one video: batch 1, the latent size of (frames, height, width)
         check_start_latent(start_latent, (1, *latent_shape(frames, height, width)))
@@ -436,8 +433,6 @@ def generate(
             "cfg_schedule": cfg_schedule,
             "denoise": denoise,
         },
-        seed=seed,
-        batch_cfg=batch_cfg,
         start_latent=start_latent,
         device=device,
         dtypes={
@@ -466,18 +461,17 @@ def generate(
             attention=attention,
             batch_cfg=batch_cfg,
         )
-    # a plan's values override the arguments: checked here too, before any model loads
+    # a plan's values override the arguments: checked like them, before any model loads
     batch_cfg = as_bool("plan batch_cfg", _plan_value(plan, "batch_cfg", batch_cfg))
     memory_budget = check_positive_bytes(_plan_value(plan, "memory_budget", memory_budget), name="memory_budget")
     tile = _plan_value(plan, "tile", tile)
     _check_decode_choice(memory_budget, tile)
-    if tile is not None:
-        from .vae.tiling import TilePlan
-
-        TilePlan.parse(tile)
     if plan is not None:
         from .dit.attention import check_backend
+        from .vae.tiling import TilePlan
 
+        if tile is not None:
+            TilePlan.parse(tile)
         check_backend(_plan_value(plan, "attention", attention))
     needs_uncond = args.needs_uncond
     timings: dict[str, float] = {}

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from .. import ops, precision
+from ..checks import check_storage_dtype
 from ..devices import check_device
-from ..errors import InvalidInputError, UnsupportedCheckpointError
+from ..errors import UnsupportedCheckpointError
 from ..formats.detect import DIT, require_component
 from ..formats.dit import DiTLayout, DiTSource, detect_dit_layout, read_source
 from ..formats.io import Checkpoint, open_checkpoint
@@ -33,12 +34,7 @@ QUANTIZED_TARGETS = ("q8_0", "q4_0")
 
 def parse_storage(value: str | torch.dtype | None) -> torch.dtype | str | None:
     """None (keep as stored), a float dtype / name from ``precision.STORAGE_DTYPES``, or "q8_0" / "q4_0"."""
-    if isinstance(value, str) and value.strip().lower() in QUANTIZED_TARGETS:
-        return value.strip().lower()
-    try:
-        return precision.parse_dtype(value, what="storage_dtype")
-    except InvalidInputError as exc:
-        raise InvalidInputError(f"{exc}, q8_0, q4_0") from None
+    return check_storage_dtype(value, name="storage_dtype", quantized=QUANTIZED_TARGETS)
 
 
 def _resolve_path(path: str | os.PathLike[str]) -> Path:
