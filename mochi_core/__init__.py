@@ -37,6 +37,9 @@ _EXPORTS: dict[str, str] = {
     "generate": "mochi_core.pipeline",
     # memory
     "plan": "mochi_core.memory",
+    # video files
+    "write_mp4": "mochi_core.video",
+    "write_png_frames": "mochi_core.video",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

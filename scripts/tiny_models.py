@@ -1,4 +1,4 @@
-"""Write TINY RANDOM-WEIGHT stand-ins for the Mochi model files under the published Comfy-Org file names.
+"""Tiny random-weight stand-ins for the tests and the demo (written by :mod:`mochi_core.testing.tiny_files`).
 
 They are NOT Mochi: a 2-block DiT (width 96), a 2-layer T5 (width 32, full vocabulary) and a VAE with 32-64
 channels, all random. They exercise the whole path (loaders, text encoding, sampling, tiled decode, video saving)
@@ -20,62 +20,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-DIT_FILES = {"mochi_preview_fp8_scaled.safetensors": "comfy_scaled_fp8", "mochi_preview_bf16.safetensors": "comfy_bf16"}
-T5_FILES = {"t5xxl_fp16.safetensors": "fp16", "t5xxl_fp8_e4m3fn_scaled.safetensors": "fp8_e4m3fn_scaled"}
-VAE_FILE = "mochi_vae.safetensors"
-LABEL = "TINY RANDOM-WEIGHT TEST MODEL - NOT MOCHI - output is noise"
+from mochi_core.testing.tiny_files import (  # noqa: E402  (the one writer; this module keeps the test helpers)
+    DIT_FILES,
+    LABEL,
+    README,
+    T5_FILES,
+    VAE_FILE,
+    write_all,
+)
 
-README = f"""{LABEL}
-
-The files in this folder are tiny random-weight stand-ins written by scripts/tiny_models.py under the published
-Comfy-Org file names, so that `make demo` can show the whole ComfyUI path working on a CPU without downloading
-~30 GB. They are not Mochi and cannot make a real video.
-
-For real videos put the real files into ./models (or $MOCHI_MODELS):
-  diffusion_models/mochi_preview_fp8_scaled.safetensors (or mochi_preview_bf16.safetensors)
-  text_encoders/t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn_scaled.safetensors)
-  vae/mochi_vae.safetensors
-from https://huggingface.co/Comfy-Org/mochi_preview_repackaged (folder split_files/).
-"""
-
-
-def write_vae(path: Path, seed: int = 1) -> Path:
-    """Comfy-Org layout (``decoder.*`` + ``encoder.*``, 16-bit) of the tiny random VAE of :mod:`mochi_core.testing.vae`."""
-    from mochi_core.testing.vae import random_decoder_state_dict, random_encoder_state_dict, write_comfy_vae
-
-    return Path(write_comfy_vae(path, random_decoder_state_dict(seed=seed), random_encoder_state_dict(seed=seed + 1)))
-
-
-def write_dit_file(path: Path, fmt: str) -> Path:
-    from mochi_core.testing.dit import write_dit
-
-    return Path(write_dit(path, fmt))
-
-
-def write_t5_file(path: Path, layout: str) -> Path:
-    from mochi_core.testing.t5 import write_t5
-
-    return Path(write_t5(path, layout))
-
-
-def write_all(
-    models_dir: Path, *, readme: bool = True, which: tuple[str, ...] = ("dit", "t5", "vae")
-) -> dict[str, Path]:
-    """Write every stand-in under ``models_dir/{diffusion_models,text_encoders,vae}``; returns name -> path."""
-    out: dict[str, Path] = {}
-    for sub in ("diffusion_models", "text_encoders", "vae"):
-        (models_dir / sub).mkdir(parents=True, exist_ok=True)
-    if "dit" in which:
-        for name, fmt in DIT_FILES.items():
-            out[name] = write_dit_file(models_dir / "diffusion_models" / name, fmt)
-    if "t5" in which:
-        for name, layout in T5_FILES.items():
-            out[name] = write_t5_file(models_dir / "text_encoders" / name, layout)
-    if "vae" in which:
-        out[VAE_FILE] = write_vae(models_dir / "vae" / VAE_FILE)
-    if readme:
-        (models_dir / "README_TINY_RANDOM_MODELS.txt").write_text(README)
-    return out
+__all__ = ["DIT_FILES", "LABEL", "README", "T5_FILES", "VAE_FILE", "write_all", "probe_video", "write_test_video"]
 
 
 if __name__ == "__main__":
