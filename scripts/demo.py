@@ -222,6 +222,11 @@ def run(args: argparse.Namespace) -> int:
     if not gpu:
         cmd.insert(2, "--cpu")
     log.info("starting ComfyUI: %s", " ".join(cmd))
+    log.info(
+        "ComfyUI's own start-up lines follow. 'torchaudio missing ...', two torchaudio tracebacks and 'IMPORT FAILED: "
+        "nodes_audio.py / nodes_audio_encoder.py' are harmless here: only ComfyUI's audio nodes need torchaudio, "
+        "which this environment does not install."
+    )
     proc = subprocess.Popen(cmd, cwd=app)
     client = ComfyClient(f"http://127.0.0.1:{args.port}")
     try:
