@@ -35,6 +35,8 @@ __all__ = [
     "add_fourier_features",
     "FRAME_CHUNK",
     "frame_chunk",
+    "ATTENTION_MAX_ROWS",
+    "row_chunks",
 ]
 
 #: at most this many frames are normalised / projected per inner step (the official GroupNorm uses 8; no
@@ -43,9 +45,25 @@ FRAME_CHUNK = 8
 GROUPS = 32
 
 
+#: most (h, w) locations one temporal-attention call takes. Each location is one batch entry of
+#: ``scaled_dot_product_attention``, and CUDA kernels put the batch on a grid axis limited to 65,535 blocks; the
+#: first encoder attention at 848x480 has 424 * 240 = 101,760 locations. 2**15 keeps every call well under the
+#: limit (Genmo's encoder splits at the same size).
+ATTENTION_MAX_ROWS = 2**15
+
+
 def frame_chunk(t: int) -> int:
     """Frames per inner step for a T-frame feature map: min(8, max(1, T // 4))."""
     return max(1, min(FRAME_CHUNK, t // 4))
+
+
+def row_chunks(rows: int, limit: int | None = None) -> list[tuple[int, int]]:
+    """[start, end) ranges of at most ``limit`` (default :data:`ATTENTION_MAX_ROWS`) covering ``rows``, evenly
+    sized (so no call is much smaller than the others)."""
+    limit = ATTENTION_MAX_ROWS if limit is None else limit
+    n = max(1, -(-rows // limit))
+    bounds = [rows * i // n for i in range(n + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(n)]
 
 
 @dataclass
@@ -273,13 +291,26 @@ class _Attention(nn.Module):
             v = self.qkv(x.movedim(1, -1))[..., 2 * c :]
             return self.out(v).movedim(-1, 1)
         seq = x.permute(0, 3, 4, 2, 1).reshape(b * h * w, t, c)
+        # every location attends on its own, so the rows split into independent calls of bounded batch
+        chunks = row_chunks(b * h * w)
+        out = seq.new_empty(seq.shape) if len(chunks) > 1 else None
+        for r0, r1 in chunks:
+            o = self._rows(seq[r0:r1])
+            if out is None:
+                out = o
+            else:
+                out[r0:r1] = o
+        return out.reshape(b, h, w, t, c).permute(0, 4, 3, 1, 2)
+
+    def _rows(self, seq: torch.Tensor) -> torch.Tensor:
+        """(R, T, C) sequences, one per location -> (R, T, C): causal attention over T for each row."""
+        c = seq.shape[-1]
         qkv = self.qkv(seq).unflatten(2, (3, c // self.head_dim, self.head_dim))
         q, k, v = (u.transpose(1, 2) for u in qkv.unbind(2))
         q = F.normalize(q, p=2, dim=-1)
         k = F.normalize(k, p=2, dim=-1)
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.head_dim**-0.5)
-        o = self.out(o.transpose(1, 2).flatten(2))
-        return o.reshape(b, h, w, t, c).permute(0, 4, 3, 1, 2)
+        return self.out(o.transpose(1, 2).flatten(2))
 
 
 class AttentionBlock(nn.Module):

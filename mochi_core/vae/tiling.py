@@ -48,6 +48,8 @@ from .layers import NormContext, frame_chunk
 __all__ = [
     "TilePlan",
     "decode_working_set_bytes",
+    "max_conv_input_elements",
+    "CONV_INPUT_LIMIT",
     "min_decode_bytes",
     "smallest_tile",
     "count_tiles",
@@ -63,6 +65,11 @@ K_PROJ = 2.0
 SAFETY = 1.1
 MIN_TILE = 8  # latents (64 px): smallest spatial tile the planner proposes
 NORM_MODES = ("global", "tile")
+#: every convolution input of a plan from :func:`choose_tiles` has fewer elements than this. Convolution kernels
+#: index with 32-bit integers unless the build's cuDNN takes 64-bit indexing; a larger input makes such builds
+#: fall back to an im2col path that needs many times the memory (at 848x480, 7 latent frames per chunk put
+#: 2.3e9 elements into the last stage's 3x3x3 convs).
+CONV_INPUT_LIMIT = 2**31
 
 
 @dataclass(frozen=True)
@@ -230,6 +237,23 @@ def decode_working_set_bytes(
     return out_bytes + int(SAFETY * (cache + peak + out_chunk + wmax))
 
 
+def max_conv_input_elements(latent_shape: tuple[int, ...], tile: TilePlan, config: DecoderConfig) -> int:
+    """Elements of the largest 3x3x3 convolution input of one decoder call of ``tile`` on a (B, C, T, H, W)
+    latent: the padded buffer B * C * (t + 2) * (h S + 2) * (w S + 2) of the widest stage, with t the frames a
+    later temporal chunk has at that stage (the most any chunk has). Stages without res blocks have no 3x3x3 conv;
+    the 1x1x1 input conv is far smaller."""
+    b, _, t_lat, h_lat, w_lat = (int(v) for v in latent_shape)
+    p = tile.clamp(t_lat, h_lat, w_lat)
+    n_res = list(reversed(config.num_res_blocks))
+    stages, scales = _stage_maps(config, p.frames, p.height, p.width)
+    most = 0
+    for k, (c, t, _) in enumerate(stages):
+        nres = n_res[0] + n_res[1] if k == 0 else (n_res[k + 1] if k + 1 < len(n_res) else 0)
+        if nres:
+            most = max(most, b * c * (t + 2) * (p.height * scales[k] + 2) * (p.width * scales[k] + 2))
+    return most
+
+
 def _default_overlap(size: int) -> int:
     return max(1, min(8, size // 3))
 
@@ -255,13 +279,17 @@ def choose_tiles(
     *,
     norm: str = "tile",
 ) -> TilePlan:
-    """The cheapest plan whose working set fits ``budget`` bytes: whole frames with as many latent frames per chunk
-    as fit (exact); otherwise the tile grid with the least decoded area (overlaps and the statistics pass counted)
-    that fits, then as many frames per chunk as fit. Raises DoesNotFitError naming the minimum, before any work."""
+    """The cheapest plan whose working set fits ``budget`` bytes and whose convolution inputs stay under
+    :data:`CONV_INPUT_LIMIT` elements: whole frames with as many latent frames per chunk as fit (exact); otherwise
+    the tile grid with the least decoded area (overlaps and the statistics pass counted) that fits, then as many
+    frames per chunk as fit. Raises DoesNotFitError naming the minimum, before any work."""
     _, _, t, h, w = (int(v) for v in latent_shape)
 
     def fits(plan: TilePlan) -> bool:
-        return decode_working_set_bytes(latent_shape, plan, config, dtype) <= budget
+        return (
+            max_conv_input_elements(latent_shape, plan, config) < CONV_INPUT_LIMIT
+            and decode_working_set_bytes(latent_shape, plan, config, dtype) <= budget
+        )
 
     for n in range(t, 0, -1):
         plan = TilePlan(n, h, w, 0, norm)
@@ -331,6 +359,12 @@ def tiled_decode(
     cols = axis_tiles(w_lat, p.width, p.overlap)
     chunks = [(t0, min(t_lat, t0 + p.frames)) for t0 in range(0, t_lat, p.frames)]
     tiled = len(rows) * len(cols) > 1
+    if z.device.type == "cuda" and max_conv_input_elements(tuple(z.shape), p, cfg) >= CONV_INPUT_LIMIT:
+        log.warning(
+            "decode tile %s gives convolution inputs of 2**31 elements or more; torch builds without 64-bit conv "
+            "indexing then fall back to a slow path that needs far more memory (use fewer frames per chunk)",
+            p,
+        )
     passes = ["collect", "apply"] if (tiled and p.norm == "global") else ["local"]
     total = len(passes) * len(rows) * len(cols) * len(chunks)
     out = torch.zeros(b, cfg.out_channels, f_out, h_lat * sf, w_lat * sf, dtype=torch.float32, device=z.device)
