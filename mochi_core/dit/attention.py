@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidInputError, MissingBackendError
 
-__all__ = ["BACKENDS", "check_backend", "joint_attention"]
+__all__ = ["BACKENDS", "TokenCounts", "check_backend", "joint_attention"]
 
 BACKENDS: dict[str, tuple[str | None, str | None]] = {
     # name -> (python module, pip package)
@@ -42,6 +42,37 @@ def check_backend(name: str) -> str:
             "use attention='sdpa' to run without it"
         )
     return key
+
+
+class TokenCounts(tuple):
+    """Valid text tokens per sample (a tuple of ints), fixed for one DiT forward and shared by its blocks.
+
+    Built once per forward from the text mask; the per-block attention then needs no tensor built from Python
+    values (on CUDA each such tensor is a host-to-device copy that stalls the host): samples are grouped into
+    contiguous runs of equal counts and addressed with slices, and flash-attention's cumulative sequence lengths
+    are built on first use and reused by every later block (:meth:`cu_seqlens`).
+    """
+
+    def cu_seqlens(self, visual_tokens: int, device: torch.device) -> torch.Tensor:
+        """(B + 1,) int32 on ``device``: 0 and the running sums of visual_tokens + counts[b], cached."""
+        cache = self.__dict__.setdefault("_cu", {})
+        key = (int(visual_tokens), str(device))
+        if key not in cache:
+            lens = [0] + [int(visual_tokens) + int(c) for c in self]
+            cache[key] = torch.tensor(lens, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device)
+        return cache[key]
+
+
+def _runs(counts: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Maximal runs of equal counts: [(count, first sample, end sample)] in batch order."""
+    runs: list[tuple[int, int, int]] = []
+    for i, c in enumerate(counts):
+        c = int(c)
+        if runs and runs[-1][0] == c:
+            runs[-1] = (c, runs[-1][1], i + 1)
+        else:
+            runs.append((c, i, i + 1))
+    return runs
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -67,20 +98,13 @@ def _dense(
     counts: Sequence[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, n, h, d = qx.shape
-    out_x = vx.new_empty(vx.shape) if len(set(counts)) > 1 else None
+    runs = _runs(counts)
+    out_x = vx.new_empty(vx.shape) if len(runs) > 1 else None
     out_y = vy.new_zeros(vy.shape)
-    groups: dict[int, list[int]] = {}
-    for i, c in enumerate(counts):
-        groups.setdefault(int(c), []).append(i)
     dtype = vx.dtype
-    for c, idx in groups.items():
-        if len(groups) == 1:
-            sel = lambda t: t  # noqa: E731 - whole batch, no copy
-        elif len(idx) == 1:
-            sel = lambda t, i=idx[0]: t[i : i + 1]  # noqa: E731 - one sample (CFG cond / uncond): a view
-        else:
-            index = torch.tensor(idx, device=qx.device)
-            sel = lambda t, index=index: t.index_select(0, index)  # noqa: E731
+    for c, s0, s1 in runs:
+        # slices, never index tensors: a sample range is a view and its write-back a plain copy (no host sync)
+        sel = (lambda t: t) if len(runs) == 1 else (lambda t, s0=s0, s1=s1: t[s0:s1])
         if c == 0:
             o = fn(sel(qx).to(dtype), sel(kx).to(dtype), sel(vx))
         else:
@@ -94,13 +118,12 @@ def _dense(
                 joint.append(buf)
             o = fn(*joint)
         if out_x is None:
-            ox = o[:, :n]
+            out_x = o[:, :n]
         else:
-            out_x[idx] = o[:, :n]
+            out_x[s0:s1] = o[:, :n]
         if c:
-            out_y[idx, :c] = o[:, n:]
-    if out_x is None:
-        out_x = ox
+            out_y[s0:s1, :c] = o[:, n:]
+    assert out_x is not None
     return out_x.reshape(b, n, h * d), out_y.reshape(b, qy.shape[1], h * d)
 
 
@@ -121,7 +144,9 @@ def _flash(
         return torch.cat([t for i in range(b) for t in (x[i], y[i, : counts[i]])], dim=0)
 
     lens = [n + int(c) for c in counts]
-    cu = torch.tensor([0] + lens, device=qx.device, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    if not isinstance(counts, TokenCounts):
+        counts = TokenCounts(int(c) for c in counts)
+    cu = counts.cu_seqlens(n, qx.device)  # built once per forward when the model passes its TokenCounts
     dtype = vx.dtype
     q, k, v = (pack(a, b_).to(dtype) for a, b_ in ((qx, qy), (kx, ky), (vx, vy)))
     o = flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens))
@@ -150,7 +175,8 @@ def joint_attention(
     qx, kx, vx: (B, N, H, D) visual; qy, ky, vy: (B, Ly, H, D) text whose first ``counts[b]`` positions are the
     valid tokens of sample b (the rest are ignored). q and k may be float32 (normalized, rotated): they are cast to
     v's dtype (the compute dtype) while the joint sequence is assembled. Outputs are in v's dtype. Returns (B, N, H·D) and (B, Ly, H·D); text positions at or
-    beyond ``counts[b]`` are zero. Samples with equal counts share one kernel call.
+    beyond ``counts[b]`` are zero. Neighbouring samples with equal counts share one kernel call. ``counts`` may be a
+    :class:`TokenCounts` (the model passes one per forward), so nothing is built per call from Python values.
     """
     if backend == "flash":
         return _flash(qx, kx, vx, qy, ky, vy, counts)

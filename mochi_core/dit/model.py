@@ -6,7 +6,7 @@ prediction x0 − ε in float32.
 
 Speed notes: the valid text tokens are gathered once per forward (the text stream runs only on them; padded
 tokens never reach any visual output in the official model either), RoPE rotations are computed once per
-forward, and samples with equal valid-token counts share one attention call.
+forward, and neighbouring samples with equal valid-token counts share one attention call.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import ops
 from ..errors import InvalidInputError
-from .attention import check_backend
+from .attention import TokenCounts, check_backend
 from .block import AsymmetricJointBlock
 from .config import DiTConfig
 from .embeddings import AttentionPool, TimestepEmbedder
@@ -192,7 +192,7 @@ class AsymmDiT(nn.Module):
         t5_feat = t5_feat.to(dtype)
 
         # text stream on the valid tokens only (gathered once, order kept; official packed-path semantics)
-        counts = [int(n) for n in mask.sum(dim=1).tolist()]
+        counts = TokenCounts(int(n) for n in mask.sum(dim=1).tolist())  # one host read per forward
         max_len = max(counts)
         prefix = torch.arange(mask.shape[1], device=mask.device)[None] < mask.sum(dim=1, keepdim=True)
         if bool((prefix == mask).all()):
