@@ -22,6 +22,9 @@ _EXPORTS: dict[str, str] = {
     # DiT
     "DiTConfig": "mochi_core.dit",
     "load_dit": "mochi_core.dit",
+    # LoRA
+    "load_lora": "mochi_core.lora",
+    "apply_loras": "mochi_core.lora",
     # VAE
     "load_vae": "mochi_core.vae",
     "normalize_latent": "mochi_core.vae",

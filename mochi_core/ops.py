@@ -32,6 +32,7 @@ __all__ = [
     "WEIGHT_FORMATS",
     "CastWeights",
     "Linear",
+    "LowRankPath",
     "Conv2d",
     "Conv3d",
     "cast_to",
@@ -187,10 +188,50 @@ def cast_chunk_rows(out_features: int, in_features: int, element_size: int) -> i
     return max(1, CPU_CAST_CHUNK_BYTES // row_bytes)
 
 
+class LowRankPath(nn.Module):
+    """A low-rank update next to a :class:`Linear`: ``out += (x @ down^T) @ up^T`` (what a LoRA adds at run time).
+
+    ``down``: (R, in), ``up``: (out, R), held in the compute dtype with every scale already folded into ``up``
+    (several LoRAs stacked along R). They are buffers of the Linear's child module ``lora``, so whole-module moves and
+    block streaming carry them with their layer; they are non-persistent (never part of the model's state dict).
+    """
+
+    def __init__(self, down: torch.Tensor, up: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("down", down, persistent=False)
+        self.register_buffer("up", up, persistent=False)
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    def add_to(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out (..., out) += low-rank update of x (..., in), in place on ``out`` (a fresh layer output)."""
+        down = cast_to(self.down, x.dtype, x.device)
+        up = cast_to(self.up, x.dtype, x.device)
+        assert down is not None and up is not None
+        h = F.linear(x.reshape(-1, x.shape[-1]), down)  # (M, R)
+        flat = out.view(-1, out.shape[-1])
+        flat.addmm_(h, up.t())  # one pass over the output, no output-sized temporary
+        return out
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}"
+
+
 class Linear(CastWeights, nn.Linear):
-    """``nn.Linear`` with cast-on-use weights. x: (..., in) -> (..., out) in x's dtype."""
+    """``nn.Linear`` with cast-on-use weights. x: (..., in) -> (..., out) in x's dtype.
+
+    A child module ``lora`` (:class:`LowRankPath`, installed by :mod:`mochi_core.lora`) adds its low-rank update to
+    the output; the stored weight is never touched by it.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._base_forward(x)
+        lora = self._modules.get("lora")
+        return out if lora is None else lora.add_to(x, out)  # type: ignore[operator]
+
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.compute_bias(x.dtype, x.device)
         needs_cast = self.weight_format != "plain" or self.weight.dtype != x.dtype
         shape = self.weight_shape or tuple(self.weight.shape)

@@ -15,6 +15,9 @@ Rules (mochi-spec.md §2.4, style.md "one precision policy"):
   never held in fp8: an fp8 request stores them in :data:`FP8_FALLBACK_DTYPE` (bfloat16) or narrower as stored.
 - Scales (scaled-fp8 ``scale_weight``, GGUF block scales) are applied in float32 and the product is rounded once to
   the compute dtype (:mod:`mochi_core.ops`).
+- LoRA factors applied at run time are held in the model's compute dtype, their scale x strength folded into the up
+  factor in float32 and rounded once (:func:`lora_factor_dtype`); a LoRA merge is computed in float32 and rounded
+  once to the weight's storage dtype, which must be one of :func:`merge_storage_dtypes` (:mod:`mochi_core.lora`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ __all__ = [
     "storage_dtype_for",
     "holds_fp8",
     "dtype_name",
+    "lora_factor_dtype",
+    "merge_storage_dtypes",
 ]
 
 #: Storage dtypes a user may ask for, by the names used in the nodes, CLI and planner.
@@ -212,3 +217,14 @@ def storage_dtype_for(key: str, stored: torch.dtype, requested: torch.dtype | No
             return FP8_FALLBACK_DTYPE
         return stored
     return want
+
+
+def lora_factor_dtype(compute_dtype: torch.dtype) -> torch.dtype:
+    """Dtype of run-time LoRA factors for a model computing in ``compute_dtype``: the compute dtype itself (the
+    low-rank matmuls then run without a per-use cast)."""
+    return compute_dtype
+
+
+def merge_storage_dtypes() -> tuple[torch.dtype, ...]:
+    """Weight storage dtypes a LoRA may be merged into (fp8 and GGUF storage would have to be re-quantized)."""
+    return (torch.float32, torch.bfloat16, torch.float16)

@@ -26,7 +26,15 @@ import torch
 from ..errors import UnsupportedCheckpointError
 from .detect import DIT_PREFIXES
 
-__all__ = ["DiTSource", "DiTLayout", "detect_dit_layout", "read_source", "DIT_PREFIXES", "diffusers_name"]
+__all__ = [
+    "DiTSource",
+    "DiTLayout",
+    "detect_dit_layout",
+    "read_source",
+    "DIT_PREFIXES",
+    "diffusers_name",
+    "diffusers_module_target",
+]
 
 _ANCHORS = ("t5_yproj.weight", "x_embedder.proj.weight", "patch_embed.proj.weight", "pos_frequencies")
 _Q_BYTES = {"q8_0": 34, "q4_0": 18}
@@ -217,6 +225,23 @@ def diffusers_name(official: str, *, last_block: bool = False) -> list[str]:
     if m:
         return ["time_embed.pooler." + m.group(1)]
     raise KeyError(official)
+
+
+def diffusers_module_target(module: str) -> tuple[str, int | None, bool] | None:
+    """diffusers module name (``transformer_blocks.0.attn1.to_q``) -> where its weight sits in the official model:
+    (official module name, index 0/1/2 of the q/k/v third of a fused qkv weight or None, halves swapped), or None
+    when the module has no official counterpart. The same tables as the checkpoint conversion (used for LoRAs)."""
+    key = module + ".weight"
+    for pat, rep in _DIFFUSERS_QKV:
+        m = re.fullmatch(pat, key)
+        if m:
+            return m.expand(rep).removesuffix(".weight"), "qkv".index(m.group(2)), False
+    for table, swap in ((_DIFFUSERS_SIMPLE, False), (_DIFFUSERS_SWAP, True)):
+        for pat, rep in table:
+            m = re.fullmatch(pat, key)
+            if m:
+                return m.expand(rep).removesuffix(".weight"), None, swap
+    return None
 
 
 def _diffusers_sources(infos: Mapping[str, _Info], source: str, prefix: str = "") -> dict[str, DiTSource]:

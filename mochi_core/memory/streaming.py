@@ -48,12 +48,18 @@ __all__ = [
     "move_module",
     "make_room",
     "tensor_slots",
+    "streaming_attached",
 ]
 
 logger = logging.getLogger(__name__)
 
 Slot = tuple[nn.Module, str, bool]  # (owner module, attribute name, is_parameter)
 _MARK = "_mochi_block_streamer"  # attribute set on the model and its blocks list while a streamer is attached
+
+
+def streaming_attached(model: nn.Module) -> bool:
+    """True while a :class:`BlockStreamer` is installed on ``model`` (its block tensors are then captured)."""
+    return model.__dict__.get(_MARK) is not None
 
 
 def tensor_slots(module: nn.Module) -> list[Slot]:
