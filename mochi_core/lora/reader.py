@@ -6,7 +6,8 @@ Layouts:
   ``.lora_B`` (out, r), without ``.weight``; Genmo trains the four attention projections ``blocks.N.attn.qkv_x``,
   ``qkv_y``, ``proj_x``, ``proj_y`` (the last block has no ``proj_y``). The file's ``kwargs`` metadata is a JSON
   object with ``qkv_proj_lora_rank`` / ``_alpha`` (qkv layers) and ``out_proj_lora_rank`` / ``_alpha`` (output
-  projections); scale = alpha / rank. Without metadata the fine-tuner's defaults (rank 16, alpha 16: scale 1) apply.
+  projections); scale = alpha / rank. Without metadata (or without an alpha in it) alpha = rank, scale 1, as with
+  the fine-tuner's defaults (rank 16, alpha 16).
   Files from before a late-2024 fix of the fine-tuner may carry a ``qkv_proj_lora_mask`` tensor: it is skipped.
 - **diffusers** (diffusers' ``save_lora_weights``, peft, trainers for diffusers' ``MochiTransformer3DModel``):
   keys ``[transformer.]transformer_blocks.N.attn1.<module>.lora_A.weight`` / ``.lora_B.weight`` with ``to_q``,
@@ -121,13 +122,13 @@ def _genmo_scale(name: str, module: str, rank: int, kwargs: dict[str, Any] | Non
     leaf = module.rsplit(".", 1)[-1]
     group = "qkv_proj" if leaf.startswith("qkv") else "out_proj" if leaf.startswith("proj") else None
     if kwargs is None or group is None:
-        return 1.0  # the fine-tuner's default rank 16, alpha 16
-    r = kwargs.get(f"{group}_lora_rank", 16)
-    alpha = kwargs.get(f"{group}_lora_alpha", 16)
-    r_value = _number(name, f"{group}_lora_rank", r)
+        return 1.0  # the fine-tuner's default: alpha = rank (16 and 16)
+    r = kwargs.get(f"{group}_lora_rank")
+    r_value = float(rank) if r is None else _number(name, f"{group}_lora_rank", r)
     if r_value != rank:
         raise _refuse(name, f"{module!r} has rank {rank} but its kwargs metadata says {group}_lora_rank={r}")
-    return _number(name, f"{group}_lora_alpha", alpha) / r_value
+    alpha = kwargs.get(f"{group}_lora_alpha")
+    return 1.0 if alpha is None else _number(name, f"{group}_lora_alpha", alpha) / r_value
 
 
 def _read_genmo(name: str, ckpt: Any, pairs: dict[str, dict[str, str]]) -> list[LoRAPart]:
