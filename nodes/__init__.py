@@ -25,7 +25,7 @@ def _make_core_importable() -> None:
 
 _make_core_importable()
 
-from . import conditioning, latent, loaders, sampler, vae  # noqa: E402,F401  (register their nodes)
+from . import conditioning, latent, loaders, lora, sampler, vae  # noqa: E402,F401  (register their nodes)
 from .registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

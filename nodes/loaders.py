@@ -89,6 +89,7 @@ class MochiDiT:
 
     ``memory``: "auto" (whole model on the device when it fits in the budget, else stream blocks), "full",
     "stream". ``budget_bytes``: device bytes allowed for weights and activations (0: free memory at run time).
+    ``loras``: (LoRA, strength) pairs added by Mochi LoRA nodes, made active only while the sampler runs.
     """
 
     model: Any
@@ -96,6 +97,7 @@ class MochiDiT:
     memory: str = "auto"
     budget_bytes: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    loras: tuple[tuple[Any, float], ...] = ()
 
 
 @register("MochiDiTLoader", "Mochi DiT Loader")

@@ -19,6 +19,7 @@ import torch
 
 from . import host
 from .conditioning import conditioning_to_t5
+from .lora import lora_scope
 from .placement import dit_on_device
 from .registry import register
 from .validation import check_video_size, check_widget_values, invalid, video_size_inputs
@@ -267,6 +268,7 @@ class MochiSampler:
         cfg_batch = 1 if float(cfg) == 1.0 else 2
         with (
             host.interrupt_errors("Mochi Sampler"),
+            lora_scope(model),  # before placement: the LoRA tensors then move and stream with their blocks
             dit_on_device(model, tuple(noise.shape), cfg_batch=cfg_batch) as dev,
         ):
             out = mochi_core.sample(

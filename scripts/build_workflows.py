@@ -34,6 +34,8 @@ VAE_FILE = "mochi_vae.safetensors"
 T5_FP16 = "t5xxl_fp16.safetensors"
 T5_FP8 = "t5xxl_fp8_e4m3fn_scaled.safetensors"
 V2V_INPUT = "mochi_input.mp4"
+#: the file name Genmo's fine-tuner gives a LoRA (``model_{step}.lora.safetensors``; 2000 steps here)
+LORA_FILE = "model_2000.lora.safetensors"
 
 PROMPT = (
     "A close-up of a red fox walking through fresh snow in a quiet birch forest at sunrise, soft golden light, "
@@ -276,8 +278,8 @@ def _loaders(dit: str, t5: str, dit_memory: str = "auto", dit_budget: float = 0.
     ]
 
 
-def _sampler(frames: int, *, latent: bool = False, denoise: float = 1.0, seed: int = 12345) -> N:
-    links = {"model": (1, "model"), "positive": (4, "conditioning"), "negative": (5, "conditioning")}
+def _sampler(frames: int, *, latent: bool = False, denoise: float = 1.0, seed: int = 12345, model_from: int = 1) -> N:
+    links = {"model": (model_from, "model"), "positive": (4, "conditioning"), "negative": (5, "conditioning")}
     if latent:
         links["latent"] = (12, "latent")
     return N(
@@ -381,7 +383,26 @@ def definitions() -> list[Workflow]:
         "denoise 0.6 -> decode.",
         v2v_nodes,
     )
-    return [t2v, low, v2v]
+    lora = Workflow(
+        "mochi_text_to_video_lora",
+        f"Mochi 1 text-to-video with a LoRA: loras/{LORA_FILE} (Genmo's fine-tuner output; a diffusers / peft LoRA "
+        "works too) at strength 1.0 on the fp8 DiT; chain more Mochi LoRA nodes to stack LoRAs.",
+        _loaders(DIT_FP8, T5_FP16)
+        + [
+            N(
+                15,
+                "MochiLoRA",
+                "Mochi LoRA",
+                {"lora_name": LORA_FILE, "strength": 1.0},
+                (420, 460),
+                (340, 110),
+                {"model": (1, "model")},
+            ),
+            _sampler(31, model_from=15),
+        ]
+        + _output(0.0, "mochi/t2v_lora"),
+    )
+    return [t2v, low, v2v, lora]
 
 
 def render() -> dict[Path, str]:

@@ -8,7 +8,8 @@ separate demo models folder, with a README saying what they are) and by the host
 Layouts written: DiT as Comfy-Org ``scaled fp8`` (``mochi_preview_fp8_scaled``) and ``bf16``
 (``mochi_preview_bf16``) via :mod:`mochi_core.testing.dit`; T5 as Comfy ``fp16`` / ``fp8_e4m3fn_scaled`` via
 :mod:`mochi_core.testing.t5`; VAE as Comfy-Org ``mochi_vae`` (``decoder.`` + ``encoder.`` prefixes, bf16) via
-:mod:`mochi_core.testing.vae`.
+:mod:`mochi_core.testing.vae`; a rank-4 LoRA in Genmo's fine-tuner layout (``loras/model_2000.lora.safetensors``) via
+:mod:`mochi_core.testing.lora`.
 """
 
 from __future__ import annotations
@@ -23,13 +24,24 @@ if str(REPO) not in sys.path:
 from mochi_core.testing.tiny_files import (  # noqa: E402  (the one writer; this module keeps the test helpers)
     DIT_FILES,
     LABEL,
+    LORA_FILE,
     README,
     T5_FILES,
     VAE_FILE,
     write_all,
 )
 
-__all__ = ["DIT_FILES", "LABEL", "README", "T5_FILES", "VAE_FILE", "write_all", "probe_video", "write_test_video"]
+__all__ = [
+    "DIT_FILES",
+    "LABEL",
+    "LORA_FILE",
+    "README",
+    "T5_FILES",
+    "VAE_FILE",
+    "write_all",
+    "probe_video",
+    "write_test_video",
+]
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ active LoRAs of a loaded DiT, ``[]`` removes them (:mod:`.apply`).
 
 from __future__ import annotations
 
-from .apply import ActiveLoRAs, active_loras, apply_loras, loras_applied, remove_loras
+from .apply import ActiveLoRAs, active_loras, apply_loras, check_loras, loras_applied, remove_loras
 from .model import LoRA, LoRAPart
-from .reader import LAYOUTS, load_lora
+from .reader import LAYOUTS, check_lora_file, load_lora
 
 __all__ = [
     "LAYOUTS",
@@ -16,7 +16,9 @@ __all__ = [
     "LoRAPart",
     "ActiveLoRAs",
     "load_lora",
+    "check_lora_file",
     "apply_loras",
+    "check_loras",
     "remove_loras",
     "active_loras",
     "loras_applied",

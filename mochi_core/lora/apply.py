@@ -42,7 +42,7 @@ from ..scalars import as_bool, as_real
 from .model import LoRA, LoRAPart
 from .reader import load_lora
 
-__all__ = ["apply_loras", "remove_loras", "active_loras", "loras_applied", "ActiveLoRAs", "LoRASpec"]
+__all__ = ["apply_loras", "check_loras", "remove_loras", "active_loras", "loras_applied", "ActiveLoRAs", "LoRASpec"]
 
 LoRASpec = tuple[LoRA | str | os.PathLike[str], float]
 _STATE = "_mochi_loras"  # attribute of the DiT holding its ActiveLoRAs
@@ -190,6 +190,17 @@ def _install_merged(dit: nn.Module, groups: dict[str, list[tuple[LoRAPart, float
             w += delta * s  # (lora_B @ lora_A) * scaling, as Genmo's merge
         module.__dict__[_BASE] = base
         module._parameters["weight"] = nn.Parameter(w.to(base.dtype), requires_grad=False)
+
+
+def check_loras(dit: nn.Module, loras: Sequence[LoRASpec], *, merge: bool = False) -> list[tuple[LoRA, float]]:
+    """Every check :func:`apply_loras` makes (list, strengths, layer names and shapes, merge storage), without
+    changing ``dit``; returns the (LoRA, strength) list with paths read. Raises InvalidInputError as it does."""
+    dit = _check_dit(dit)
+    entries = _normalize(loras)
+    groups = _group(dit, entries)
+    if as_bool("merge", merge):
+        _check_merge(dit, groups)
+    return entries
 
 
 def apply_loras(dit: nn.Module, loras: Sequence[LoRASpec], *, merge: bool = False) -> ActiveLoRAs:

@@ -44,7 +44,7 @@ from ..formats.dit import diffusers_module_target
 from ..formats.io import open_checkpoint
 from .model import LoRA, LoRAPart
 
-__all__ = ["load_lora", "LAYOUTS"]
+__all__ = ["load_lora", "check_lora_file", "LAYOUTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -287,6 +287,23 @@ def _detect(name: str, keys: list[str]) -> str:
     raise _not_mochi(name, keys)
 
 
+def _existing(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(f"LoRA path must be a file path; got {type(path).__name__}")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InvalidInputError(f"LoRA file {p} does not exist (or is not a file)")
+    return p
+
+
+def check_lora_file(path: str | os.PathLike[str]) -> str:
+    """The layout ("genmo" / "diffusers") of the LoRA file ``path``, from its header only (cheap: for queue-time
+    checks); raises as :func:`load_lora` does for pickles, other models' LoRAs and files that are no LoRA."""
+    p = _existing(path)
+    with open_checkpoint(p) as ckpt:
+        return _detect(p.name, ckpt.keys())
+
+
 def load_lora(path: str | os.PathLike[str]) -> LoRA:
     """Read a Mochi LoRA (``.safetensors``, Genmo's or the diffusers / peft layout, detected from the keys).
 
@@ -294,11 +311,7 @@ def load_lora(path: str | os.PathLike[str]) -> LoRA:
     per layer; whether its layers fit a given DiT is checked by :func:`mochi_core.apply_loras`. Raises
     :class:`~mochi_core.errors.UnsupportedCheckpointError` naming the file (see the module docstring).
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidInputError(f"LoRA path must be a file path; got {type(path).__name__}")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise InvalidInputError(f"LoRA file {p} does not exist (or is not a file)")
+    p = _existing(path)
     name = p.name
     with open_checkpoint(p) as ckpt:
         keys = ckpt.keys()

@@ -10,6 +10,7 @@ they read the real files:
     DIR/text_encoders/t5xxl_fp16.safetensors                    (Comfy fp16 layout)
     DIR/text_encoders/t5xxl_fp8_e4m3fn_scaled.safetensors       (Comfy scaled fp8 layout)
     DIR/vae/mochi_vae.safetensors                               (Comfy-Org decoder + encoder)
+    DIR/loras/model_2000.lora.safetensors                       (a LoRA in Genmo's fine-tuner layout)
     DIR/tokenizer/tokenizer.json                                (a tiny character-level tokenizer, not T5's)
     DIR/README_TINY_RANDOM_MODELS.txt
 
@@ -31,6 +32,8 @@ T5_FILES: dict[str, str] = {
     "t5xxl_fp8_e4m3fn_scaled.safetensors": "fp8_e4m3fn_scaled",
 }
 VAE_FILE = "mochi_vae.safetensors"
+#: a LoRA for the tiny DiT in Genmo's fine-tuner layout, under the name that fine-tuner gives it (loras/)
+LORA_FILE = "model_2000.lora.safetensors"
 TOKENIZER_FILE = Path("tokenizer") / "tokenizer.json"
 LABEL = "TINY RANDOM-WEIGHT TEST MODEL - NOT MOCHI - output is noise"
 
@@ -45,6 +48,7 @@ For real videos use the real files (Comfy-Org/mochi_preview_repackaged on Huggin
   diffusion_models/mochi_preview_fp8_scaled.safetensors (or mochi_preview_bf16.safetensors)
   text_encoders/t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn_scaled.safetensors)
   vae/mochi_vae.safetensors
+(for the LoRA workflow, your LoRA as loras/model_2000.lora.safetensors, or pick its name in the Mochi LoRA node)
 and the T5 tokenizer of google/t5-v1_1-xxl (spiece.model or tokenizer.json; ComfyUI ships it in
 comfy/text_encoders/t5_tokenizer/).
 """
@@ -71,16 +75,21 @@ def write_tiny_tokenizer(path: str | os.PathLike[str]) -> Path:
 
 
 def write_all(
-    models_dir: str | os.PathLike[str], *, readme: bool = True, which: tuple[str, ...] = ("dit", "t5", "vae")
+    models_dir: str | os.PathLike[str],
+    *,
+    readme: bool = True,
+    which: tuple[str, ...] = ("dit", "t5", "vae", "lora"),
 ) -> dict[str, Path]:
-    """Write the stand-ins under ``models_dir/{diffusion_models,text_encoders,vae,tokenizer}``; returns name -> path."""
+    """Write the stand-ins under ``models_dir/{diffusion_models,text_encoders,vae,loras,tokenizer}``; returns name ->
+    path."""
     from .dit import write_dit
+    from .lora import write_lora
     from .t5 import write_t5
     from .vae import random_decoder_state_dict, random_encoder_state_dict, write_comfy_vae
 
     root = Path(models_dir)
     out: dict[str, Path] = {}
-    for sub in ("diffusion_models", "text_encoders", "vae"):
+    for sub in ("diffusion_models", "text_encoders", "vae", "loras"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     if "dit" in which:
         for name, fmt in DIT_FILES.items():
@@ -95,6 +104,8 @@ def write_all(
                 root / "vae" / VAE_FILE, random_decoder_state_dict(seed=1), random_encoder_state_dict(seed=2)
             )
         )
+    if "lora" in which:  # std 0.2: a LoRA that visibly changes the tiny model's output
+        out[LORA_FILE] = Path(write_lora(root / "loras" / LORA_FILE, "genmo", rank=4, alpha=8, seed=5, std=0.2))
     if readme:
         (root / "README_TINY_RANDOM_MODELS.txt").write_text(README)
     return out

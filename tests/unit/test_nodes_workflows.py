@@ -22,6 +22,7 @@ PUBLISHED = {
     "dit_name": {"mochi_preview_fp8_scaled.safetensors", "mochi_preview_bf16.safetensors"},
     "vae_name": {"mochi_vae.safetensors"},
     "t5_name": {"t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"},
+    "lora_name": {"model_2000.lora.safetensors"},  # the name Genmo's fine-tuner gives its LoRA files
 }
 
 
@@ -30,7 +31,12 @@ def test_files_on_disk_match_the_definition() -> None:
 
 
 def test_expected_workflows_are_shipped() -> None:
-    assert {p.stem for p in UI} == {"mochi_text_to_video", "mochi_text_to_video_low_vram", "mochi_video_to_video"}
+    assert {p.stem for p in UI} == {
+        "mochi_text_to_video",
+        "mochi_text_to_video_low_vram",
+        "mochi_video_to_video",
+        "mochi_text_to_video_lora",
+    }
     for p in UI:
         assert (REPO / "workflows" / "api" / p.name).exists()
 
