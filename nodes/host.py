@@ -7,7 +7,8 @@ Adapts ComfyUI's services to the plain callbacks `mochi_core` takes (style.md ch
   ``text_encoders``);
 - devices and memory: ``comfy.model_management.get_torch_device`` (compute), ``unet_offload_device`` (home of
   the weights between prompts), ``intermediate_device`` (where LATENT / IMAGE outputs live), ``free_memory``
-  (ask ComfyUI to move *its* models out of the way, never ``unload_all_models``), ``get_free_memory``;
+  (ask ComfyUI to move *its* models out of the way, never ``unload_all_models``), ``get_free_memory``; pinned host
+  memory for block streaming follows ``--disable-pinned-memory`` and ComfyUI's pinned-memory cap (``pin_policy``);
 - interrupt: ``should_stop()`` reads ``processing_interrupted()``, checked before every step / tile and before each
   progress update (ahead of ComfyUI's own progress hook, so the pack's path is the one that stops); a
   :class:`mochi_core.errors.MochiInterrupted` becomes ComfyUI's ``InterruptProcessingException`` (the UI shows
@@ -47,6 +48,7 @@ __all__ = [
     "latent_to_rgb",
     "default_tokenizer_dir",
     "is_oom",
+    "pin_policy",
 ]
 
 
@@ -149,6 +151,25 @@ def make_room(nbytes: int, device: torch.device) -> int:
         mm.free_memory(int(nbytes), device)
         mm.soft_empty_cache()
     return int(mm.get_free_memory(device))
+
+
+def pin_policy() -> Any:
+    """How block streaming may page-lock host memory, from ComfyUI's settings: off under
+    ``--disable-pinned-memory`` (or where ComfyUI pins nothing, e.g. on the CPU), else capped at what ComfyUI's
+    pinned-memory limit leaves (``MAX_PINNED_MEMORY`` minus ``TOTAL_PINNED_MEMORY``). Outside ComfyUI (or with a
+    ComfyUI that has no such settings): the core's default (pin when streaming to CUDA, no cap)."""
+    from mochi_core.memory.pinning import PinPolicy
+
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return None
+    limit = getattr(mm, "MAX_PINNED_MEMORY", None)
+    if limit is None:
+        return None
+    if limit <= 0:
+        return PinPolicy.disabled()
+    return PinPolicy(limit_bytes=max(0, int(limit - getattr(mm, "TOTAL_PINNED_MEMORY", 0))))
 
 
 def soft_empty_cache() -> None:

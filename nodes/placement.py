@@ -115,7 +115,9 @@ def dit_on_device(handle: Any, latent_shape: tuple[int, ...], *, cfg_batch: int 
         if placement.mode == "full":
             move_module(model, device)
         else:
-            streamer = enable_block_streaming(model, placement.resident_blocks, device=device, offload_device=home)
+            streamer = enable_block_streaming(
+                model, placement.resident_blocks, device=device, offload_device=home, pin_memory=host.pin_policy()
+            )
         yield device
     finally:
         if streamer is not None:

@@ -5,7 +5,9 @@ memory and travel to the GPU when used, peers.md §6.5, issue 7) with our own me
 ``model.blocks[i]``.
 
 - Blocks ``0..N-1`` and every non-block tensor (embedders, final layer) live on ``device``.
-- Blocks ``N..depth-1`` live on the offload device (pinned CPU memory when ``device`` is CUDA). A block's
+- Blocks ``N..depth-1`` live on the offload device (on a CUDA device: page-locked CPU memory of exactly the block's
+  size, within :class:`~mochi_core.memory.pinning.PinPolicy`'s cap, given back by :meth:`BlockStreamer.remove`;
+  see :mod:`mochi_core.memory.pinning`). A block's
   forward pre-hook brings it in, its forward hook sends it back (inference only: the home copy never
   changes, so "sending back" is dropping the device copy, no transfer). The forward hooks are registered with
   ``always_call=True``, and a model-level forward hook sends back every streamed block still on the device, so a
@@ -15,6 +17,12 @@ memory and travel to the GPU when used, peers.md §6.5, issue 7) with our own me
 - With ``prefetch=True`` the pre-hook of block ``i`` also starts loading block ``i+1`` (on a side CUDA stream,
   so the copy overlaps block ``i``'s compute; on CPU the same logic runs synchronously). So at most
   ``N + 1 + prefetch`` blocks occupy the compute device at any moment; :class:`StreamingStats` records it.
+- Order of a prefetch on CUDA (:class:`CudaPrefetcher`): the copy's memory is allocated on the *main* stream, the
+  side stream waits for the main stream (that memory may be a block the main stream is still computing with,
+  freed by the host ahead of the GPU), copies and records an event; the main stream waits for that event before
+  the block computes, and before the block's copy is dropped in any case (a prefetch that never ran). Memory thus
+  always belongs to the main stream and is reused by the allocator in the main stream's order: no
+  ``record_stream``, whose deferred frees let a third block copy pile up while the host runs ahead.
 - When ``device`` and the offload device are the same (CPU-only machines), an offloaded block's tensors are
   replaced by ``meta`` placeholders, so a block that the mechanism failed to bring in cannot compute and the
   residency counters describe real tensors, not bookkeeping. Weights that still sit in the checkpoint's memory
@@ -39,9 +47,12 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from .pages import PageReleaser
+from .pinning import CudaHostRegistrar, PinnedBlock, PinPolicy, pin_block
 
 __all__ = [
     "BlockStreamer",
+    "CudaPrefetcher",
+    "PinPolicy",
     "StreamingStats",
     "enable_block_streaming",
     "block_nbytes",
@@ -150,6 +161,10 @@ class StreamingStats:
     ``prefetched``: how many of them were started ahead of the block's forward. ``bytes_loaded``: bytes copied.
     ``trace``: ("load" | "prefetch" | "forward" | "unload", block index), in order (capped at 10,000 entries).
     ``bytes_released``: memory-mapped weight bytes given back to the OS after use (CPU, same device only).
+    The counts above read the tensors bound to the model; what the device really holds is the allocator's:
+    ``max_allocated_bytes`` / ``max_reserved_bytes`` are CUDA's ``memory_allocated`` / ``memory_reserved`` read at
+    every block boundary (host-side counters, no sync; 0 on other devices), so a block copy whose memory the
+    allocator cannot reuse yet shows there. ``pinned_bytes``: page-locked host bytes held now (0 after remove).
     """
 
     max_loaded_blocks: int = 0
@@ -158,11 +173,56 @@ class StreamingStats:
     prefetched: int = 0
     bytes_loaded: int = 0
     bytes_released: int = 0
+    max_allocated_bytes: int = 0
+    max_reserved_bytes: int = 0
+    pinned_bytes: int = 0
     trace: list[tuple[str, int]] = field(default_factory=list)
 
     def _log(self, what: str, index: int) -> None:
         if len(self.trace) < 10_000:
             self.trace.append((what, index))
+
+
+class CudaPrefetcher:
+    """Copies a block's home tensors to ``device`` on a side stream, ordered with the main stream (see the module
+    docstring). Every CUDA call goes through ``torch.cuda`` at call time."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.side: Any = torch.cuda.Stream(device=device)
+
+    def main(self) -> Any:
+        return torch.cuda.current_stream(self.device)
+
+    def copy_ahead(self, home: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any]:
+        """Start copying ``home`` to the device; returns the copies and the event that marks them complete."""
+        main = self.main()
+        copies = [torch.empty_like(h, device=self.device) for h in home]  # allocated on the main stream
+        self.side.wait_stream(main)  # the memory may still be in use by kernels queued on the main stream
+        with torch.cuda.stream(self.side):
+            for c, h in zip(copies, home):
+                c.copy_(h, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.side)
+        return copies, event
+
+    def wait(self, event: Any) -> None:
+        """The main stream waits (on the GPU, the host does not) until ``event``'s copies are complete."""
+        self.main().wait_event(event)
+
+    def finish(self) -> None:
+        """Wait on the host for every copy started so far (before their host memory is unpinned)."""
+        self.main().wait_stream(self.side)
+        self.side.synchronize()
+
+
+def _pin_policy(pin_memory: bool | PinPolicy | None, device: torch.device, offload: torch.device) -> PinPolicy:
+    """The policy for ``pin_memory``: None pins when streaming from the CPU to a CUDA device, without a cap."""
+    if isinstance(pin_memory, PinPolicy):
+        return pin_memory
+    if pin_memory is None:
+        pin_memory = device.type == "cuda" and offload.type == "cpu"
+    return PinPolicy(enabled=bool(pin_memory))
 
 
 class BlockStreamer:
@@ -179,7 +239,7 @@ class BlockStreamer:
         device: torch.device | str,
         offload_device: torch.device | str = "cpu",
         prefetch: bool = True,
-        pin_memory: bool | None = None,
+        pin_memory: bool | PinPolicy | None = None,
         blocks: nn.ModuleList | None = None,
         copy_on_load: bool | None = None,
     ) -> None:
@@ -217,13 +277,12 @@ class BlockStreamer:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.prefetch = bool(prefetch)
         self.same_device = self.device == self.offload_device
-        if pin_memory is None:
-            pin_memory = self.device.type == "cuda" and self.offload_device.type == "cpu"
-        self.pin_memory = bool(pin_memory)
+        self.pin_policy = _pin_policy(pin_memory, self.device, self.offload_device)
         self.copy_on_load = bool(copy_on_load) if copy_on_load is not None else not self.same_device
         self.stats = StreamingStats()
-        self._use_stream = self.device.type == "cuda" and self.prefetch and not self.same_device
-        self._stream: Any = torch.cuda.Stream(device=self.device) if self._use_stream else None
+        use_stream = self.device.type == "cuda" and self.prefetch and not self.same_device
+        self._prefetcher: CudaPrefetcher | None = CudaPrefetcher(self.device) if use_stream else None
+        self._pinned: dict[int, PinnedBlock] = {}
         self._slots: list[list[Slot]] = [tensor_slots(b) for b in blocks]
         self._home: list[list[torch.Tensor]] = [[] for _ in range(depth)]
         self._loaded: set[int] = set()
@@ -245,11 +304,8 @@ class BlockStreamer:
             home = []
             for slot in self._slots[i]:
                 t = _get(slot)
-                h = t.to(self.offload_device) if t.device != self.offload_device else t
-                if self.pin_memory and h.device.type == "cpu" and not h.is_pinned():
-                    h = h.pin_memory()
-                home.append(h)
-            self._home[i] = home
+                home.append(t.to(self.offload_device) if t.device != self.offload_device else t)
+            self._home[i] = self._pin(i, home)
             if self.same_device and not self.copy_on_load:
                 releaser = PageReleaser(home)
                 if releaser.ranges:
@@ -265,15 +321,46 @@ class BlockStreamer:
         for owner in (model, blocks):
             owner.__dict__[_MARK] = self
         logger.info(
-            "block streaming: %d of %d blocks resident on %s, %d streamed from %s (prefetch=%s, pinned=%s)",
+            "block streaming: %d of %d blocks resident on %s, %d streamed from %s (prefetch=%s, pinned %d of them, "
+            "%d bytes)",
             resident_blocks,
             depth,
             self.device,
             depth - resident_blocks,
             self.offload_device,
             self.prefetch,
-            self.pin_memory,
+            len(self._pinned),
+            self.stats.pinned_bytes,
         )
+
+    @property
+    def pin_memory(self) -> bool:
+        """True while some streamed block sits in page-locked host memory."""
+        return bool(self._pinned)
+
+    def pinned_block_bytes(self, index: int) -> int:
+        """Page-locked host bytes held for block ``index`` (0 when it is not pinned)."""
+        pinned = self._pinned.get(index)
+        return pinned.nbytes if pinned is not None else 0
+
+    def _pin(self, index: int, home: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Block ``index``'s home tensors, packed into exact-size page-locked memory when the policy allows."""
+        policy = self.pin_policy
+        if not policy.enabled or self.offload_device.type != "cpu" or not home:
+            return home
+        registrar = policy.registrar
+        if registrar is None:
+            if not CudaHostRegistrar.available():
+                return home
+            registrar = CudaHostRegistrar()
+        size = sum(_nbytes(h) for h in home)
+        if policy.limit_bytes is not None and self.stats.pinned_bytes + size > policy.limit_bytes:
+            return home
+        views, pinned = pin_block(home, registrar)
+        if pinned.pinned:
+            self._pinned[index] = pinned
+            self.stats.pinned_bytes += pinned.nbytes
+        return views
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -298,21 +385,14 @@ class BlockStreamer:
         if index in self._loaded:
             return
         home = self._home[index]
-        if self.same_device:
+        if self._prefetcher is not None and ahead:
+            copies, self._pending[index] = self._prefetcher.copy_ahead(home)
+        elif self.same_device:
             # the home tensors already sit on the compute device; copy_on_load allocates a real copy anyway so an
             # allocation tracker sees what a GPU would hold (planner validation on CPU)
             copies = [h.clone() for h in home] if self.copy_on_load else home
-        elif self._use_stream and ahead:
-            main = torch.cuda.current_stream(self.device)
-            with torch.cuda.stream(self._stream):
-                copies = [h.to(self.device, non_blocking=True) for h in home]
-                event = torch.cuda.Event()
-                event.record(self._stream)
-            for c in copies:  # memory allocated on the side stream is used on the main one
-                c.record_stream(main)
-            self._pending[index] = event
         else:
-            copies = [h.to(self.device, non_blocking=self.pin_memory) for h in home]
+            copies = [h.to(self.device, non_blocking=index in self._pinned) for h in home]
         for slot, c in zip(self._slots[index], copies):
             _bind(slot, c)
         self._loaded.add(index)
@@ -323,7 +403,7 @@ class BlockStreamer:
         self.stats._log("prefetch" if ahead else "load", index)
 
     def _unload(self, index: int, *, log: bool = True) -> None:
-        self._pending.pop(index, None)
+        self._wait(index)  # a prefetch still copying must finish before its memory can go back to the allocator
         for slot, h in zip(self._slots[index], self._home[index]):
             _bind(slot, torch.empty_like(h, device="meta") if self.same_device else h)
         self._loaded.discard(index)
@@ -336,8 +416,8 @@ class BlockStreamer:
 
     def _wait(self, index: int) -> None:
         event = self._pending.pop(index, None)
-        if event is not None:
-            torch.cuda.current_stream(self.device).wait_event(event)
+        if event is not None and self._prefetcher is not None:
+            self._prefetcher.wait(event)
 
     def _record(self) -> None:
         streamed = sum(1 for i in self._loaded if self.is_streamed(i))
@@ -345,6 +425,11 @@ class BlockStreamer:
         loaded = sum(1 for i in range(self.depth) if self.block_on_device(i))
         self.stats.max_loaded_blocks = max(self.stats.max_loaded_blocks, loaded)
         self.stats.max_streamed_loaded = max(self.stats.max_streamed_loaded, streamed)
+        if self.device.type == "cuda":
+            allocated = torch.cuda.memory_allocated(self.device)
+            reserved = torch.cuda.memory_reserved(self.device)
+            self.stats.max_allocated_bytes = max(self.stats.max_allocated_bytes, allocated)
+            self.stats.max_reserved_bytes = max(self.stats.max_reserved_bytes, reserved)
 
     # -- hooks -----------------------------------------------------------------------------------
 
@@ -387,19 +472,23 @@ class BlockStreamer:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def remove(self) -> None:
-        """Remove the hooks. Streamed blocks are left on the offload device as real tensors (never meta)."""
+        """Remove the hooks. Streamed blocks are left on the offload device as real tensors (never meta), and
+        their host memory is unpinned (it stays allocated as long as the model holds the tensors)."""
         if self._removed:
             return
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
-        if self._stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self._stream)
         for i in range(self.resident_blocks, self.depth):
-            self._pending.pop(i, None)
+            self._wait(i)
             for slot, h in zip(self._slots[i], self._home[i]):
                 _bind(slot, h)
             self._loaded.discard(i)
+        if self._prefetcher is not None:
+            self._prefetcher.finish()  # no copy may still read host memory that is unpinned below
+        for pinned in self._pinned.values():
+            self.stats.pinned_bytes -= pinned.release()
+        self._pinned.clear()
         for owner in (self.model, self.blocks):
             if owner.__dict__.get(_MARK) is self:
                 del owner.__dict__[_MARK]
@@ -419,7 +508,7 @@ def enable_block_streaming(
     device: torch.device | str,
     offload_device: torch.device | str = "cpu",
     prefetch: bool = True,
-    pin_memory: bool | None = None,
+    pin_memory: bool | PinPolicy | None = None,
     blocks: nn.ModuleList | None = None,
     copy_on_load: bool | None = None,
 ) -> BlockStreamer:
@@ -428,6 +517,9 @@ def enable_block_streaming(
     ``model`` is any module with a ``blocks`` ``nn.ModuleList`` called in index order by its forward
     (the DiT's 48 ``AsymmetricJointBlock``s). Returns a :class:`BlockStreamer`; ``handle.remove()`` detaches it.
     Device bytes for weights: non-block tensors + N blocks + (1 + prefetch) streamed blocks.
+    ``pin_memory``: a :class:`~mochi_core.memory.pinning.PinPolicy` (on/off and a cap in bytes), True / False, or
+    None (pin when streaming from the CPU to CUDA, no cap); pinned memory is exactly the blocks' size and is given
+    back by ``remove()``.
     ``blocks``: stream another ModuleList instead (e.g. T5's ``model.encoder.block``). ``copy_on_load``: when
     device and offload device are the same, allocate a copy on each load (default: only when they differ).
     Raises :class:`~mochi_core.errors.InvalidInputError` for a model without blocks or N outside 0..depth.
