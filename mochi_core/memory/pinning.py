@@ -1,8 +1,8 @@
 """Page-locked (pinned) host memory for streamed blocks, sized exactly and given back on request.
 
 ``Tensor.pin_memory()`` goes through torch's pinned-memory caching allocator, which rounds every allocation up to
-a power of two (a 415 MB block takes 512 MiB, 604 MB of pinned memory; the 20 GB bf16 DiT would pin about 29 GB)
-and keeps freed pinned memory cached for the life of the process. Here a streamed block's tensors are instead
+a power of two (pinned tensor by tensor, a 415 MB bf16 block takes 604 MB; the 20 GB bf16 DiT would pin about
+29 GB) and keeps freed pinned memory cached for the life of the process. Here a streamed block's tensors are instead
 packed into one ordinary host buffer of exactly their size (each tensor at a 64-byte aligned offset) and that buffer
 is page-locked in place with the CUDA runtime's ``cudaHostRegister``; :meth:`PinnedBlock.release` unregisters it
 (``cudaHostUnregister``), after which the buffer is plain pageable memory that lives as long as the tensors viewing
