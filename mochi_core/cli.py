@@ -66,7 +66,11 @@ def _add_generate_parser(subparsers: Any) -> None:
     p.add_argument("--dtype", default=None, help="DiT compute dtype: fp32 or bf16 (default fp32 on CPU, bf16 on CUDA)")
     p.add_argument("--dit-storage-dtype", default=None, help="convert DiT weights: bf16, fp16, fp8_e4m3fn, q8_0 ...")
     p.add_argument("--t5-storage-dtype", default=None, help="convert T5 weights: bf16, fp16, fp8_e4m3fn ...")
-    p.add_argument("--vae-dtype", default=None, help="VAE compute dtype (default fp32 on CPU, bf16 on CUDA)")
+    p.add_argument(
+        "--vae-dtype",
+        default=None,
+        help="VAE compute dtype (default fp32 on CPU, bf16 on CUDA; fp32 on GPUs without native bf16)",
+    )
     p.add_argument("--vae-storage-dtype", default=None, help="convert VAE weights: bf16, fp16 ...")
     p.add_argument("--attention", default="sdpa", help="DiT attention backend: sdpa, flash, sage")
     p.add_argument("--memory-budget", default=None, help="decode memory budget, e.g. 8GB (tiles to fit)")

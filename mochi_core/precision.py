@@ -39,6 +39,7 @@ __all__ = [
     "COMPUTE_DTYPES",
     "default_compute_dtype",
     "supports_bf16",
+    "BF16_MIN_CAPABILITY",
     "check_compute_dtype",
     "parse_dtype",
     "keeps_high_precision",
@@ -90,42 +91,43 @@ HIGH_PRECISION_PATTERNS: tuple[str, ...] = (
 )
 
 
+#: first CUDA compute capability with native bf16 arithmetic (Ampere); older GPUs (T4, V100, RTX 20xx) only emulate
+#: it, and cuDNN has no bf16 convolutions for them
+BF16_MIN_CAPABILITY = (8, 0)
+
+
 def supports_bf16(device: torch.device | str) -> bool:
-    """True when ``device`` computes bf16 natively: on CUDA from compute capability 8.0 (Ampere) on, as told by
-    ``torch.cuda.is_bf16_supported`` (emulation not counted); True for other devices, and for "cuda" on a machine
-    without CUDA (planning for a GPU elsewhere; loaders refuse such a device before asking)."""
+    """True when ``device`` computes bf16 natively: on CUDA from compute capability 8.0 (Ampere) on, read from the
+    device's capability (``torch.cuda.is_bf16_supported`` counts emulation as support on torch < 2.4); on ROCm as
+    torch reports it; True for other devices, and for "cuda" on a machine without CUDA (planning for a GPU
+    elsewhere; loaders refuse such a device before asking)."""
     dev = torch.device(device)
     if dev.type != "cuda" or not torch.cuda.is_available():
         return True
-
-    def ask() -> bool:
-        try:
-            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-        except TypeError:  # torch builds whose signature has no including_emulation
-            return bool(torch.cuda.is_bf16_supported())
-
-    if dev.index is None:
-        return ask()
-    with torch.cuda.device(dev.index):
-        return ask()
+    if getattr(torch.version, "hip", None):
+        return bool(torch.cuda.is_bf16_supported())
+    return tuple(torch.cuda.get_device_capability(dev)) >= BF16_MIN_CAPABILITY  # index None: the current device
 
 
-def default_compute_dtype(device: torch.device | str) -> torch.dtype:
+def default_compute_dtype(device: torch.device | str, *, warn: bool = True) -> torch.dtype:
     """float32 on CPU (no fast bf16 on AVX2 machines), bfloat16 on CUDA.
 
-    A CUDA GPU without native bf16 (pre-Ampere) gets float32 and a logged warning, not fp16: Mochi's activations
-    overflow fp16.
+    A CUDA GPU without native bf16 (pre-Ampere) gets float32, with a logged warning unless ``warn`` is False
+    (planning), not fp16: Mochi's activations overflow fp16. Loaders, the planner and the nodes all take their
+    default from here, so a plan counts the activations of the dtype the models will really use.
     """
     dev = torch.device(device)
     if dev.type != "cuda":
         return torch.float32
     if supports_bf16(dev):
         return torch.bfloat16
-    logger.warning(
-        "%s has no native bf16 support (pre-Ampere GPU); computing in fp32 instead (fp16 is unstable for Mochi). "
-        "This is slower and needs twice the activation memory; pass dtype='fp32' to silence this warning.",
-        dev,
-    )
+    if warn:
+        logger.warning(
+            "%s has no native bf16 support (pre-Ampere GPU); computing in fp32 instead (fp16 is unstable for "
+            "Mochi). This is slower and needs twice the activation memory; pass dtype='fp32' to silence this "
+            "warning.",
+            dev,
+        )
     return torch.float32
 
 

@@ -190,10 +190,18 @@ class MochiDiTLoader:
 
 
 def _dit_compute_dtype() -> Any:
-    """bf16 on a GPU, fp32 on CPU (``mochi_core.precision`` default for the compute device)."""
+    """bf16 on a GPU with native bf16, fp32 on older GPUs and on CPU (``mochi_core.precision`` default)."""
     from mochi_core.precision import default_compute_dtype
 
     return default_compute_dtype(host.compute_device())
+
+
+def _vae_compute_dtype() -> str:
+    """The VAE's ``auto`` compute dtype: the precision policy's default for ComfyUI's compute device (bf16 on GPUs
+    with native bf16, fp32 on older GPUs, whose convolutions have no fast bf16 path, and on CPU)."""
+    from mochi_core.precision import default_compute_dtype, dtype_name
+
+    return dtype_name(default_compute_dtype(host.compute_device()))
 
 
 @register("MochiVAELoader", "Mochi VAE Loader")
@@ -218,7 +226,11 @@ class MochiVAELoader:
                 ),
                 "dtype": (
                     VAE_DTYPES,
-                    {"default": "auto", "tooltip": "Compute dtype of the VAE: auto = bf16 on GPU, fp32 on CPU."},
+                    {
+                        "default": "auto",
+                        "tooltip": "Compute dtype of the VAE: auto = bf16 on GPUs with native bf16 (RTX 30xx, A100 "
+                        "and newer), fp32 on older GPUs and on CPU.",
+                    },
                 ),
             }
         }
@@ -238,9 +250,7 @@ class MochiVAELoader:
 
         path = _check_vae_file(vae_name)
         device = host.offload_device()
-        compute = None if dtype == "auto" else dtype
-        if compute is None:
-            compute = "bf16" if host.compute_device().type == "cuda" else "fp32"
+        compute = _vae_compute_dtype() if dtype == "auto" else dtype
         key = ("vae", path, _fingerprint(path), compute, str(device))
 
         def load() -> Any:

@@ -36,7 +36,12 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--dit-storage", default="fp8_e4m3fn", choices=list(DIT_STORAGES))
     p.add_argument("--t5-storage", default="fp16", choices=list(DIT_STORAGES))
-    p.add_argument("--vae-dtype", default="bf16", choices=list(VAE_DTYPES))
+    p.add_argument(
+        "--vae-dtype",
+        default=None,
+        choices=list(VAE_DTYPES),
+        help="VAE dtype (default: the device's, bf16 on CUDA GPUs with native bf16, else fp32)",
+    )
     p.add_argument("--attention", default="sdpa", choices=list(ATTENTIONS))
     p.add_argument("--resident-blocks", type=int, default=None, help="force this many resident DiT blocks")
     p.add_argument("--no-batch-cfg", action="store_true", help="run cond and uncond as separate DiT calls")

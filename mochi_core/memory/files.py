@@ -17,7 +17,7 @@ import torch
 
 from ..errors import InvalidInputError
 from ..formats.io import open_checkpoint
-from ..precision import STORAGE_DTYPES, dtype_name
+from ..precision import STORAGE_DTYPES, default_compute_dtype, dtype_name
 from .estimates import T5Sizes
 from .planner import Plan, plan
 
@@ -127,12 +127,16 @@ def plan_for_files(
 ) -> Plan:
     """:func:`~mochi_core.memory.planner.plan` for these files; ``*_storage`` None = as stored in the file.
 
-    ``vae_dtype`` None = the compute dtype's default (bf16 on CUDA, fp32 on CPU). ``batch_cfg`` None lets the
+    ``vae_dtype`` None = the device's default compute dtype (``precision.default_compute_dtype``: bf16 on CUDA
+    GPUs with native bf16, fp32 on older GPUs and on CPU). ``batch_cfg`` None lets the
     planner choose (batched when it fits).
     """
     files = inspect_model_files(dit, text_encoder, vae)
     dev = str(device).split(":")[0]
-    default_compute = "bf16" if dev == "cuda" else "fp32"
+    try:  # what load_vae / load_dit pick on that device; a bad device is refused by plan() below
+        default_compute = dtype_name(default_compute_dtype(torch.device(device), warn=False))
+    except (RuntimeError, TypeError, ValueError):
+        default_compute = "fp32"
     job = plan(
         width,
         height,

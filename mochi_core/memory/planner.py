@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from ..errors import DoesNotFitError
+from ..precision import default_compute_dtype, dtype_name
 from .estimates import (
     _DTYPE_BYTES,
     ATTENTIONS,
@@ -249,7 +250,7 @@ def plan(
     device: str = "cuda",
     dit_storage: str = "fp8_e4m3fn",
     t5_storage: str = "fp16",
-    vae_dtype: str = "bf16",
+    vae_dtype: str | None = None,
     attention: str = "sdpa",
     dit_config: Any = None,
     t5_sizes: T5Sizes | None = None,
@@ -284,9 +285,11 @@ def plan(
     dev = check_plan_device(device)
     dit_storage = _norm_storage(dit_storage, "dit_storage", DIT_STORAGES)
     t5_storage = _norm_storage(t5_storage, "t5_storage", DIT_STORAGES)
-    vae_dtype = _norm_storage(vae_dtype, "vae_dtype", VAE_DTYPES)
+    # defaults: what load_dit / load_vae pick on this device (bf16 on CUDA GPUs with native bf16, else fp32)
+    device_default = dtype_name(default_compute_dtype(dev, warn=False))
+    vae_dtype = _norm_storage(vae_dtype or device_default, "vae_dtype", VAE_DTYPES)
     attention = _norm_storage(attention, "attention", ATTENTIONS)
-    cdt = _norm_storage(compute_dtype or ("bf16" if dev == "cuda" else "fp32"), "compute_dtype", VAE_DTYPES)
+    cdt = _norm_storage(compute_dtype or device_default, "compute_dtype", VAE_DTYPES)
     t5c = _norm_storage(t5_compute_dtype, "t5_compute_dtype", ("fp32", "bf16"))
     cfg = check_instance("dit_config", dit_config, DiTConfig, "mochi_core.dit.config") or DiTConfig()
     t5s = check_instance("t5_sizes", t5_sizes, T5Sizes, "mochi_core.memory.T5Sizes") or T5Sizes()
