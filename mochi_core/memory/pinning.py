@@ -106,18 +106,36 @@ class PinnedBlock:
         return self.nbytes
 
 
+def _packed_buffer(tensors: Sequence[torch.Tensor], offsets: list[int], total: int) -> torch.Tensor | None:
+    """The uint8 buffer ``tensors`` already view at the packed offsets (packed by an earlier :func:`pin_block`, e.g.
+    for the previous prompt), or None."""
+    storage = tensors[0].untyped_storage()
+    base = storage.data_ptr()
+    if storage.nbytes() != max(total, 1):
+        return None
+    for t, off in zip(tensors, offsets):
+        if t.untyped_storage().data_ptr() != base or t.data_ptr() - base != off or not t.is_contiguous():
+            return None
+    return torch.empty(0, dtype=torch.uint8).set_(storage)
+
+
 def pin_block(tensors: Sequence[torch.Tensor], registrar: HostRegistrar) -> tuple[list[torch.Tensor], PinnedBlock]:
     """Copy ``tensors`` (CPU) into one exact-size host buffer, page-lock it, and return views of the buffer with
-    the tensors' shapes and dtypes (values equal) plus its :class:`PinnedBlock`. When the registrar refuses, the
-    views are still returned (pageable) and ``pinned`` is False."""
+    the tensors' shapes and dtypes (values equal) plus its :class:`PinnedBlock`. Tensors already packed that way
+    (a block streamed before) are not copied again: their buffer is page-locked as it is. When the registrar
+    refuses, the views are still returned (pageable) and ``pinned`` is False."""
     offsets, total = packed_layout(tensors)
-    buffer = torch.empty(max(total, 1), dtype=torch.uint8)
-    views: list[torch.Tensor] = []
-    for t, off in zip(tensors, offsets):
-        n = t.numel() * t.element_size()
-        view = buffer[off : off + n].view(t.dtype).view(t.shape)
-        view.copy_(t)
-        views.append(view)
+    buffer = _packed_buffer(tensors, offsets, total) if tensors else None
+    if buffer is not None:
+        views = list(tensors)
+    else:
+        buffer = torch.empty(max(total, 1), dtype=torch.uint8)
+        views = []
+        for t, off in zip(tensors, offsets):
+            n = t.numel() * t.element_size()
+            view = buffer[off : off + n].view(t.dtype).view(t.shape)
+            view.copy_(t)
+            views.append(view)
     pinned = registrar.register(buffer.data_ptr(), total) if total else False
     if total and not pinned:
         logger.warning("could not pin %d host bytes for a streamed block; it streams from pageable memory", total)

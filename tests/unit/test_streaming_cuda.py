@@ -244,6 +244,29 @@ def test_pinned_bytes_equal_block_sizes_and_are_released_by_remove() -> None:
 
 
 @torch.no_grad()
+def test_a_block_packed_before_is_pinned_again_without_a_copy() -> None:
+    """The next prompt streams the same model again: its blocks, packed by the first streamer, are page-locked
+    where they are (same buffer, same bytes), not copied."""
+    model = _model(4)
+    x = torch.randn(4, 16)
+    ref = model(x)
+    registrar = FakeRegistrar()
+    first = enable_block_streaming(model, 1, device="cpu", copy_on_load=True, pin_memory=PinPolicy(registrar=registrar))
+    first.remove()
+    pointers = [p.data_ptr() for b in model.blocks[1:] for p in b.parameters()]
+    second = enable_block_streaming(
+        model, 1, device="cpu", copy_on_load=True, pin_memory=PinPolicy(registrar=registrar)
+    )
+    registered = [c[1:] for c in registrar.calls if c[0] == "register"]
+    assert registered[3:] == registered[:3]  # the same three ranges as the first time
+    assert second.stats.pinned_bytes == sum(block_nbytes(b) for b in model.blocks[1:])
+    torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
+    second.remove()
+    assert [p.data_ptr() for b in model.blocks[1:] for p in b.parameters()] == pointers
+    assert registrar.live == {}
+
+
+@torch.no_grad()
 def test_pinning_stops_at_the_cap_and_can_be_disabled() -> None:
     model = _model(6)
     x = torch.randn(4, 16)
