@@ -14,6 +14,7 @@ __all__ = [
     "MochiInterrupted",
     "MissingBackendError",
     "OutputWriteError",
+    "ParallelError",
 ]
 
 
@@ -47,3 +48,8 @@ class MissingBackendError(MochiError, RuntimeError):
 
 class OutputWriteError(MochiError, OSError):
     """Writing a result file failed; the message says what was saved instead (e.g. PNG frames for a failed MP4)."""
+
+
+class ParallelError(MochiError, RuntimeError):
+    """A multi-process run could not go on: another rank failed or stopped responding (the message names it), or
+    the process group could not be set up."""

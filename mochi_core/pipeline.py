@@ -62,9 +62,10 @@ Conditioning = tuple[torch.Tensor, torch.Tensor]
 @dataclass
 class GenerationResult:
     """``frames`` (F, H, W, 3) float32 in [0, 1] (CPU), ``latent`` (1, 12, T, H/8, W/8) DiT space (CPU),
-    ``summary``: settings, timings (seconds per phase) and model formats, JSON-serializable."""
+    ``summary``: settings, timings (seconds per phase) and model formats, JSON-serializable. In a multi-process
+    run (``parallel=``) only rank 0 has the frames; the other ranks get None."""
 
-    frames: torch.Tensor
+    frames: torch.Tensor | None
     latent: torch.Tensor
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -114,6 +115,28 @@ def _check_decode_choice(memory_budget: int | None, tile: Any) -> None:
         raise InvalidInputError(
             "tile= cannot be combined with memory_budget= or budget= (which sets the decode budget): pass one"
         )
+
+
+def _parallel_device(parallel: Any) -> torch.device:
+    """The device of this rank of a :class:`~mochi_core.parallel.ParallelRun` (it replaces ``device``)."""
+    from .parallel import ParallelRun
+
+    if not isinstance(parallel, ParallelRun):
+        raise InvalidInputError(f"parallel must be a mochi_core.parallel.ParallelRun; got {type(parallel).__name__}")
+    return parallel.device
+
+
+def _check_heads(parallel: Any, dit: Any) -> None:
+    """The sequence split must divide the DiT's heads (read from the file header or the loaded model)."""
+    if parallel.layout.sp > 1:
+        if isinstance(dit, (str, os.PathLike)):
+            from .dit.loader import read_dit_header
+
+            heads = read_dit_header(dit)[1].num_heads
+        else:
+            heads = getattr(getattr(dit, "config", None), "num_heads", None)
+        if isinstance(heads, int):
+            parallel.layout.check_heads(heads)
 
 
 @dataclass(frozen=True)
@@ -284,6 +307,7 @@ def _sampling_phase(
     sampling: SamplingArgs,
     sample_kwargs: dict[str, Any],
     timings: dict[str, float],
+    parallel: Any = None,
 ) -> tuple[torch.Tensor, str]:
     """The final latent (DiT space) and the DiT's format; a DiT loaded here gets the plan's ``prepare_dit`` and is
     released afterwards, also on failure or interrupt. A DiT passed in is used as it is."""
@@ -302,17 +326,23 @@ def _sampling_phase(
         fmt = str(getattr(model, "checkpoint_format", ""))
         timings["dit_load_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        latent = sample(
-            model,
-            noise,
-            *conds,
-            steps=sampling.steps,
-            cfg=sampling.cfg,
-            sigmas=list(sampling.sigmas),
-            cfg_schedule=list(sampling.cfgs),
-            denoise=sampling.denoise,
-            **sample_kwargs,
-        )
+        wrapped = model if parallel is None else parallel.wrap_dit(model)
+        try:
+            latent = sample(
+                wrapped,
+                noise,
+                *conds,
+                steps=sampling.steps,
+                cfg=sampling.cfg,
+                sigmas=list(sampling.sigmas),
+                cfg_schedule=list(sampling.cfgs),
+                denoise=sampling.denoise,
+                **sample_kwargs,
+            )
+        finally:
+            if wrapped is not model:
+                wrapped.close()  # a DiT passed in leaves without the sequence-parallel hook
+            del wrapped
     except BaseException as exc:
         if owns:
             _drop_frames(exc)
@@ -333,7 +363,7 @@ def _decode_phase(
     dev: torch.device,
     load: dict[str, Any],
     decode_kwargs: dict[str, Any],
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """Frames (F, H, W, 3) float32 in [0, 1] on the CPU. The decoded video leaves the device as soon as the decode
     returns, so the device never holds its float32 / clamped / re-laid-out copies; a VAE loaded here is released."""
     from .vae import denormalize_latent, load_vae
@@ -342,7 +372,7 @@ def _decode_phase(
     try:
         decoder = load_vae(vae, device=dev, **load) if owns else vae
         decoded = decoder.decode(denormalize_latent(latent), **decode_kwargs)
-        video = decoded[0].cpu()
+        video = None if decoded is None else decoded[0].cpu()  # None: another rank assembles the video
         del decoded
     except BaseException as exc:
         if owns:
@@ -352,7 +382,7 @@ def _decode_phase(
         del decoder
         if owns:
             release_memory(dev)
-    return decoded_to_frames(video)
+    return None if video is None else decoded_to_frames(video)
 
 
 def generate(
@@ -390,6 +420,7 @@ def generate(
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     decode_progress: Callable[..., None] | None = None,
+    parallel: Any = None,
 ) -> GenerationResult:
     """Generate one video from ``prompt``; returns a :class:`GenerationResult`.
 
@@ -409,6 +440,10 @@ def generate(
     "12GB"): device memory for the whole job; the planner chooses streaming, CFG batching and decode tiles (paths
     only; see module docstring). ``callback(step, total, x0)``, ``should_stop()`` as in :func:`sample`
     (``should_stop`` is also checked between decode tiles); ``decode_progress`` is passed to the VAE decode.
+    ``parallel``: a :class:`mochi_core.parallel.ParallelRun` when several processes compute this video (call
+    ``generate`` with the same arguments on every rank): the rank's own device replaces ``device``, rank 0 encodes
+    the prompts and broadcasts the features, the DiT runs CFG-parallel and/or sequence-parallel (cond and uncond are
+    then always one batch), the decode tiles are spread over the ranks, and only rank 0 gets ``frames``.
     Every input is validated before any weight is read; errors are :class:`InvalidInputError` naming the argument.
     """
     t_start = time.perf_counter()
@@ -416,6 +451,8 @@ def generate(
     width, height, frames = (as_int(n, v) for n, v in (("width", width), ("height", height), ("frames", frames)))
     seed = check_seed(seed)
     batch_cfg = as_bool("batch_cfg", batch_cfg)
+    if parallel is not None:
+        device = _parallel_device(parallel)
     size = (width, height, frames)
     models = (dit, text_encoder, vae)
     job = _check_inputs(
@@ -448,6 +485,8 @@ def generate(
         callbacks={"callback": callback, "should_stop": should_stop, "decode_progress": decode_progress},
     )
     dev, args = job.dev, job.sampling
+    if parallel is not None:
+        _check_heads(parallel, dit)
     if budget is not None and plan is None:
         plan = _plan_job(
             budget,
@@ -463,6 +502,8 @@ def generate(
         )
     # a plan's values override the arguments: checked like them, before any model loads
     batch_cfg = as_bool("plan batch_cfg", _plan_value(plan, "batch_cfg", batch_cfg))
+    if parallel is not None and parallel.layout.cfg_parallel:
+        batch_cfg = True  # the CFG halves of one batch go to the two CFG ranks
     memory_budget = check_positive_bytes(_plan_value(plan, "memory_budget", memory_budget), name="memory_budget")
     tile = _plan_value(plan, "tile", tile)
     _check_decode_choice(memory_budget, tile)
@@ -480,9 +521,21 @@ def generate(
     # -- phase 1: T5 -------------------------------------------------------------------------------
     t0 = time.perf_counter()
     prompts = [prompt, negative_prompt] if needs_uncond else [prompt]
-    feat, mask, formats["t5"] = _encode_phase(
-        text_encoder, job.owns_t5, prompts, tokenizer=tokenizer, dev=dev, plan=plan, t5_storage_dtype=t5_storage_dtype
-    )
+    if parallel is None or parallel.is_root:
+        feat, mask, formats["t5"] = _encode_phase(
+            text_encoder,
+            job.owns_t5,
+            prompts,
+            tokenizer=tokenizer,
+            dev=dev,
+            plan=plan,
+            t5_storage_dtype=t5_storage_dtype,
+        )
+    else:
+        feat = mask = None
+        formats["t5"] = ""
+    if parallel is not None:  # the T5 ran once, on rank 0
+        feat, mask = parallel.share_features(feat, mask)
     positive = (feat[:1], mask[:1])
     negative = (feat[1:2], mask[1:2]) if needs_uncond else None
     del feat, mask
@@ -509,6 +562,7 @@ def generate(
             "should_stop": should_stop,
         },
         timings=timings,
+        parallel=parallel,
     )
     del positive, negative
 
@@ -525,7 +579,8 @@ def generate(
             "tile": tile,
             "progress": decode_progress,
             "should_stop": should_stop,
-        },
+        }
+        | ({} if parallel is None else {"share": parallel.tile_share()}),
     )
     timings["decode_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
@@ -536,7 +591,7 @@ def generate(
         "seed": seed,
         "width": width,
         "height": height,
-        "frames": int(video.shape[0]),
+        "frames": frames,
         "fps": 30,
         "steps": args.steps,
         "cfg": args.cfg if cfg_schedule is None else list(args.cfgs),
@@ -550,7 +605,9 @@ def generate(
     }
     if plan is not None and hasattr(plan, "to_dict"):
         summary["plan"] = plan.to_dict()
+    if parallel is not None:
+        summary["parallel"] = parallel.describe()
     if dev.type == "cuda" and torch.cuda.is_available():
         summary["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated(dev))
-    logger.info("generated %d frames %dx%d in %.1f s", video.shape[0], width, height, timings["total_s"])
+    logger.info("generated %d frames %dx%d in %.1f s", frames, width, height, timings["total_s"])
     return GenerationResult(frames=video, latent=latent.cpu(), summary=summary)

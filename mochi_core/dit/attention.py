@@ -168,7 +168,7 @@ def joint_attention(
     ky: torch.Tensor,
     vy: torch.Tensor,
     counts: Sequence[int],
-    backend: str = "sdpa",
+    backend: str | Callable[..., tuple[torch.Tensor, torch.Tensor]] = "sdpa",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint attention of visual and valid text tokens, per sample.
 
@@ -177,7 +177,11 @@ def joint_attention(
     v's dtype (the compute dtype) while the joint sequence is assembled. Outputs are in v's dtype. Returns (B, N, H·D) and (B, Ly, H·D); text positions at or
     beyond ``counts[b]`` are zero. Neighbouring samples with equal counts share one kernel call. ``counts`` may be a
     :class:`TokenCounts` (the model passes one per forward), so nothing is built per call from Python values.
+    A callable ``backend`` is called with the other arguments instead (sequence parallelism:
+    :mod:`mochi_core.parallel.sequence`).
     """
+    if callable(backend):
+        return backend(qx, kx, vx, qy, ky, vy, counts)
     if backend == "flash":
         return _flash(qx, kx, vx, qy, ky, vy, counts)
     fn = _sage if backend == "sage" else _sdpa

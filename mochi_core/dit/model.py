@@ -11,6 +11,8 @@ forward, and neighbouring samples with equal valid-token counts share one attent
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -112,6 +114,8 @@ class AsymmDiT(nn.Module):
             for i in range(config.depth)
         )
         self.final_layer = FinalLayer(dx, config.patch_out, device=device)
+        #: set by mochi_core.parallel.sequence.SequenceParallel.install: this rank computes a slice of the tokens
+        self.sequence_parallel: Any = None
 
     # ------------------------------------------------------------------ input checks
     def _check_inputs(
@@ -204,9 +208,14 @@ class AsymmDiT(nn.Module):
 
         xt = self.x_embedder(x.to(dtype))  # (B, N, Dx)
         rot = rope_frequencies(self.pos_frequencies.to(x.device), t, ph, pw)  # (N, H, hd/2) complex64
+        attention, sp = self.attention, self.sequence_parallel
+        if sp is not None:  # this rank's slice of the visual tokens (mochi_core.parallel.sequence)
+            (xt, rot), attention = sp.shard(xt, rot), sp.attention(self.attention)
         for block in self.blocks:
-            xt, y = block(xt, y, c, rot, counts, self.attention)
+            xt, y = block(xt, y, c, rot, counts, attention)
         out = self.final_layer(xt, c)  # (B, N, p·p·C)
+        if sp is not None:
+            out = sp.gather(out)
 
         co = cfg.out_channels
         out = out.reshape(b, t, ph, pw, p, p, co).permute(0, 6, 1, 2, 4, 3, 5)

@@ -27,7 +27,7 @@ from .config import DecoderConfig, EncoderConfig
 from .decoder import Decoder
 from .encoder import Encoder
 from .layers import GroupNormPerFrame, add_fourier_features
-from .tiling import TilePlan, choose_tiles, decode_working_set_bytes, tiled_decode
+from .tiling import TilePlan, TileShare, choose_tiles, decode_working_set_bytes, tiled_decode
 
 __all__ = ["VAE", "load_vae", "build_from_state_dict", "VAE_STORAGE_DTYPES", "check_vae_storage_dtype"]
 
@@ -220,13 +220,15 @@ class VAE:
         tile: TilePlan | int | tuple[int, ...] | None = None,
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-    ) -> torch.Tensor:
+        share: TileShare | None = None,
+    ) -> torch.Tensor | None:
         """latent (B, 12, T, H, W) in VAE space (un-normalised) -> video (B, 3, 6(T-1)+1, 8H, 8W) float32 in ~[-1, 1].
 
         memory_budget: bytes for the decode's working set (output included); tiles are chosen to fit, or
         DoesNotFitError is raised before any work, naming the minimum. tile: explicit TilePlan / frames per chunk /
         (frames, height, width[, overlap]) in latent units. Neither: one whole decode. progress(i, n) after each
-        tile x chunk; should_stop() before each (raises MochiInterrupted).
+        tile x chunk; should_stop() before each (raises MochiInterrupted). share: the tiles are spread over the
+        ranks of a multi-process run (:mod:`mochi_core.parallel.vae`); only the root rank gets the video (others None).
         """
         self._check_latent(latent)
         assert self.decoder is not None
@@ -240,7 +242,7 @@ class VAE:
             plan = TilePlan(latent.shape[2], latent.shape[3], latent.shape[4], 0)
         z = latent.to(device=self.device, dtype=self.dtype)
         log.info("VAE decode %s with %s", tuple(latent.shape), plan)
-        return tiled_decode(self.decoder, z, plan, progress=progress, should_stop=should_stop)
+        return tiled_decode(self.decoder, z, plan, progress=progress, should_stop=should_stop, share=share)
 
     # ------------------------------------------------------------------ encode
     @torch.inference_mode()

@@ -36,6 +36,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -56,6 +57,7 @@ __all__ = [
     "choose_tiles",
     "tiled_decode",
     "axis_tiles",
+    "TileShare",
 ]
 
 log = logging.getLogger(__name__)
@@ -337,6 +339,23 @@ def choose_tiles(
 # decode
 
 
+class TileShare(Protocol):
+    """Spreads the spatial tiles of one decode over several workers (:mod:`mochi_core.parallel.vae`): tile ``k``
+    (row-major order) is decoded by the worker that ``mine(k)``; the others' weighted tiles reach the root, which
+    adds every tile into the output in tile order, as a single worker does."""
+
+    @property
+    def is_root(self) -> bool: ...
+
+    def mine(self, index: int) -> bool: ...
+
+    def send(self, tile: torch.Tensor) -> None: ...
+
+    def receive(self, tile: torch.Tensor, index: int) -> torch.Tensor: ...
+
+    def flush(self) -> None: ...
+
+
 def tiled_decode(
     decoder: Decoder,
     z: torch.Tensor,
@@ -344,11 +363,14 @@ def tiled_decode(
     *,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> torch.Tensor:
+    share: TileShare | None = None,
+) -> torch.Tensor | None:
     """Decode z (B, C, T, H, W) (already in the compute dtype and on the decoder's device) by ``plan``.
 
     Returns (B, out_channels, 6(T-1)+1, 8H, 8W) float32. ``progress(i, n)`` after each tile x chunk work item,
-    ``should_stop()`` before each (raises MochiInterrupted).
+    ``should_stop()`` before each (raises MochiInterrupted). ``share``: several workers decode the spatial tiles
+    (one pass, ``norm="tile"``); the root returns the video, the others None. A plan of one tile, or with
+    ``norm="global"``, is decoded by the root alone.
     """
     cfg = decoder.config
     b, _, t_lat, h_lat, w_lat = z.shape
@@ -367,10 +389,16 @@ def tiled_decode(
         )
     passes = ["collect", "apply"] if (tiled and p.norm == "global") else ["local"]
     total = len(passes) * len(rows) * len(cols) * len(chunks)
-    out = torch.zeros(b, cfg.out_channels, f_out, h_lat * sf, w_lat * sf, dtype=torch.float32, device=z.device)
+    spread = share is not None and passes == ["local"] and tiled
+    if share is not None and not spread and not share.is_root:
+        return None  # one tile or two passes: the root decodes alone
+    root = share is None or share.is_root
+    # the output accumulator lives on the root only; another worker holds one tile at a time
+    shape = (b, cfg.out_channels, f_out, h_lat * sf, w_lat * sf) if root else (0,)
+    out = torch.zeros(shape, dtype=torch.float32, device=z.device)
     wy = _axis_weights(rows, sf)
     wx = _axis_weights(cols, sf)
-    wsum = torch.zeros(h_lat * sf, w_lat * sf, dtype=torch.float32, device=z.device) if tiled else None
+    wsum = torch.zeros(h_lat * sf, w_lat * sf, dtype=torch.float32, device=z.device) if tiled and root else None
     ctx = NormContext() if tiled and p.norm == "global" else None
     log.debug(
         "tiled decode %s: %d x %d tiles, %d chunks, passes %s",
@@ -385,34 +413,51 @@ def tiled_decode(
         for mode in passes:
             if ctx is not None:
                 ctx.mode = mode
-            for (y0, y1), (wrow, oy0, oy1) in zip(rows, wy):
-                for (x0, x1), (wcol, ox0, ox1) in zip(cols, wx):
-                    if ctx is not None:
-                        ctx.owned = (oy0 - y0, oy1 - y0, ox0 - x0, ox1 - x0)
-                    decoder.start_stream(ctx, carry=len(chunks) > 1)
-                    weight = None
-                    if tiled:
-                        weight = (wrow[:, None] * wcol[None, :]).to(torch.float32).to(z.device)
-                        if mode != "collect":
-                            wsum[y0 * sf : y1 * sf, x0 * sf : x1 * sf] += weight
-                    for t0, t1 in chunks:
-                        if should_stop is not None and should_stop():
-                            raise MochiInterrupted("VAE decode interrupted")
-                        zc = z[:, :, t0:t1, y0:y1, x0:x1]
-                        f0 = 0 if t0 == 0 else cfg.frames_out(t0)
-                        dst = out[:, :, f0 : cfg.frames_out(t1), y0 * sf : y1 * sf, x0 * sf : x1 * sf]
-                        if mode == "collect":
-                            decoder(zc)
-                        elif weight is None:
-                            decoder(zc, out=dst)  # whole frames: written straight into the accumulator
-                        else:
-                            dst.add_(decoder(zc).to(torch.float32).mul_(weight))
-                        done += 1
+            for k, ((y0, y1), (wrow, oy0, oy1), (x0, x1), (wcol, ox0, ox1)) in enumerate(
+                (r, wr, c, wc) for r, wr in zip(rows, wy) for c, wc in zip(cols, wx)
+            ):
+                if ctx is not None:
+                    ctx.owned = (oy0 - y0, oy1 - y0, ox0 - x0, ox1 - x0)
+                weight = None
+                if tiled:
+                    weight = (wrow[:, None] * wcol[None, :]).to(torch.float32).to(z.device)
+                    if mode != "collect" and wsum is not None:
+                        wsum[y0 * sf : y1 * sf, x0 * sf : x1 * sf] += weight
+                region = (slice(None), slice(None), slice(None), slice(y0 * sf, y1 * sf), slice(x0 * sf, x1 * sf))
+                tile_shape = (b, cfg.out_channels, f_out, (y1 - y0) * sf, (x1 - x0) * sf)
+                if spread and share is not None and not share.mine(k):
+                    if root:  # another worker's weighted tile, added in tile order
+                        out[region].add_(share.receive(out.new_empty(tile_shape), k))
+                        done += len(chunks)
                         if progress is not None:
                             progress(done, total)
-                    decoder.end_stream()
+                    continue
+                own = out[region] if root else out.new_zeros(tile_shape)  # another worker: its weighted tile alone
+                decoder.start_stream(ctx, carry=len(chunks) > 1)
+                for t0, t1 in chunks:
+                    if should_stop is not None and should_stop():
+                        raise MochiInterrupted("VAE decode interrupted")
+                    zc = z[:, :, t0:t1, y0:y1, x0:x1]
+                    f0 = 0 if t0 == 0 else cfg.frames_out(t0)
+                    dst = own[:, :, f0 : cfg.frames_out(t1)]
+                    if mode == "collect":
+                        decoder(zc)
+                    elif weight is None:
+                        decoder(zc, out=dst)  # whole frames: written straight into the accumulator
+                    else:
+                        dst.add_(decoder(zc).to(torch.float32).mul_(weight))
+                    done += 1
+                    if progress is not None and root:
+                        progress(done, total)
+                decoder.end_stream()
+                if not root and share is not None:
+                    share.send(own)
+        if share is not None:
+            share.flush()
     finally:
         decoder.end_stream()
+    if not root:
+        return None
     if wsum is not None:
         out.div_(wsum.clamp_min(1e-12))
     return out

@@ -1,0 +1,157 @@
+"""Multi-process runs on real gloo process groups (2 and 4 CPU processes): CFG-parallel, sequence-parallel (native
+all-to-all and the all-gather fallback) and both combined give the single-process latent and frames; the bytes
+each rank sends match the formula of the README; a killed rank is named by the others, which stop in time.
+
+Tolerance: every rank runs the same per-token arithmetic as a single process; results can differ only where a
+matrix product sees a different number of rows (a CFG rank computes batch 1 where the single run batches cond and
+uncond; a sequence rank projects N/sp tokens): float32 rounding in a different summation order, ~1e-7 relative per
+product, a few 1e-6 after 3 steps of the 2-block tiny model. The bound is 1e-5 (latent and frames in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mochi_core import generate
+from mochi_core.dit.config import DiTConfig
+from mochi_core.errors import InvalidInputError
+from mochi_core.parallel import ParallelLayout
+from mochi_core.parallel.volume import step_bytes
+from mochi_core.testing.dit import random_dit_state_dict, write_dit
+from mochi_core.testing.parallel import spawn
+from mochi_core.testing.t5 import write_t5
+from mochi_core.testing.vae import random_decoder_state_dict, write_official_decoder
+from mochi_core.vae.tiling import TilePlan
+
+TOL = 1e-5
+STEPS = 3
+# 4 heads (sp up to 4); a 64x48x7 video: latent (2, 6, 8), 24 visual tokens; 2 x 3 decode tiles of 4 x 4 latents
+CONFIG = DiTConfig.tiny().with_(num_heads=4)
+TILE = [2, 4, 4, 2]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, t5_tokenizer_dir) -> dict:
+    root = tmp_path_factory.mktemp("parallel")
+    common = {
+        "prompt": "a red fox in the snow",
+        "negative_prompt": "blurry",
+        "dit": str(write_dit(root / "dit.safetensors", "official", random_dit_state_dict(CONFIG))),
+        "vae": str(write_official_decoder(root / "decoder.safetensors", random_decoder_state_dict())),
+        "text_encoder": str(write_t5(root / "t5.safetensors", "fp16")),
+        "tokenizer": str(t5_tokenizer_dir),
+        "width": 64,
+        "height": 48,
+        "frames": 7,
+        "steps": STEPS,
+        "cfg": 4.5,
+        "seed": 5,
+        "tile": TILE,
+    }
+    ref = generate(**{**common, "tile": TilePlan(*TILE)})
+    return {"root": root, "common": common, "ref": ref}
+
+
+def _run(job: dict, world: int, name: str, modes: list[dict], **extra) -> tuple[Path, list]:
+    out = job["root"] / name
+    out.mkdir()
+    spec = out / "spec.json"
+    spec.write_text(json.dumps({"common": job["common"], "modes": modes, **extra}))
+    return out, spawn(world, spec, out, timeout=150)
+
+
+def _check_mode(job: dict, out: Path, name: str) -> dict:
+    got = torch.load(out / f"{name}.pt", weights_only=False)
+    ref = job["ref"]
+    assert got["latent"].shape == ref.latent.shape and got["frames"].shape == ref.frames.shape
+    assert (got["latent"] - ref.latent).abs().max().item() <= TOL, name
+    assert (got["frames"] - ref.frames).abs().max().item() <= TOL, name
+    return got
+
+
+def test_layout_checks() -> None:
+    with pytest.raises(InvalidInputError, match=r"sp=5 does not divide the DiT's 24 attention heads.*\[1, 2, 3, 4, 6"):
+        ParallelLayout(sp=5).check_heads(24)
+    with pytest.raises(InvalidInputError, match=r"--cfg-parallel --sp 2 needs 4 processes .*has 2.*nproc-per-node 4"):
+        ParallelLayout(True, 2).check_world(2)
+    with pytest.raises(InvalidInputError, match="sp=0"):
+        ParallelLayout(sp=0)
+    ParallelLayout().check_world(3)  # no model parallelism: any world (prompt lists)
+
+
+def _text_tokens(job: dict) -> tuple[int, int]:
+    from mochi_core import load_text_encoder
+
+    enc = load_text_encoder(job["common"]["text_encoder"], tokenizer=job["common"]["tokenizer"])
+    _, mask = enc.encode([job["common"]["prompt"], job["common"]["negative_prompt"]])
+    return int(mask[0].sum()), int(mask[1].sum())
+
+
+def test_two_ranks_cfg_and_sequence_parallel_match_one_process(job) -> None:
+    modes = [
+        {"name": "cfg", "cfg_parallel": True},
+        {"name": "sp2", "sp": 2},
+        {"name": "sp2_gather", "sp": 2, "a2a": "gather"},
+    ]
+    out, codes = _run(job, 2, "two", modes)
+    assert codes == [0, 0]
+    got = {m["name"]: _check_mode(job, out, m["name"]) for m in modes}
+    assert got["sp2"]["summary"]["parallel"] == {
+        "world_size": 2,
+        "rank": 0,
+        "cfg_parallel": False,
+        "sp": 2,
+        "backend": "gloo",
+    }
+    # bytes sent, per rank: [all_to_all, all_gather, broadcast, send] against the README formula
+    cond, uncond = _text_tokens(job)
+    latent = tuple(job["ref"].latent.shape[2:])
+    sp = step_bytes(
+        ParallelLayout(sp=2), dit_config=CONFIG, latent=latent, text_tokens=max(cond, uncond), compute_bytes=4
+    )
+    cfg = step_bytes(ParallelLayout(True), dit_config=CONFIG, latent=latent, text_tokens=cond, compute_bytes=4)
+    t5_bytes = 3 * 8 + 2 * 256 * 32 * 4 + 2 * 256  # shape, features (2, 256, 32) float32, masks: rank 0 to rank 1
+    for rank, sent in enumerate(got["sp2"]["sent_bytes"]):
+        assert sent[0] == STEPS * (sp["qkv_all_to_all"] + sp["output_all_to_all"])
+        assert sent[1] == STEPS * (sp["text_all_gather"] + sp["prediction_all_gather"])
+        assert sent[2] == (t5_bytes if rank == 0 else 0)
+        assert (sent[3] > 0) == (rank == 1)  # rank 1 sends its decoded tiles to rank 0
+    assert [s[1] for s in got["cfg"]["sent_bytes"]] == [STEPS * cfg["cfg_all_gather"]] * 2
+    # the fallback sends every rank's whole buffer to every rank: more bytes, same result
+    assert got["sp2_gather"]["sent_bytes"][0][0] == 0
+    assert got["sp2_gather"]["sent_bytes"][0][1] > got["sp2"]["sent_bytes"][0][1] + got["sp2"]["sent_bytes"][0][0]
+
+
+def test_four_ranks_sequence_and_cfg_x_sequence_match_one_process(job) -> None:
+    modes = [{"name": "sp4", "sp": 4}, {"name": "cfg_sp2", "cfg_parallel": True, "sp": 2}]
+    out, codes = _run(job, 4, "four", modes)
+    assert codes == [0, 0, 0, 0]
+    for m in modes:
+        _check_mode(job, out, m["name"])
+
+
+def test_a_killed_rank_is_named_and_the_others_stop(job) -> None:
+    common = {**job["common"], "steps": 6}
+    out = job["root"] / "kill"
+    out.mkdir()
+    spec = out / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "common": common,
+                "modes": [{"name": "sp2", "sp": 2}],
+                "kill": {"rank": 1, "step": 1},
+                "watchdog": {"stale_after_s": 20.0, "grace_s": 10.0},
+            }
+        )
+    )
+    codes = spawn(2, spec, out, timeout=90)
+    assert codes[1] == -9  # SIGKILL
+    assert codes[0] == 0  # rank 0 reported the failure and left cleanly
+    report = json.loads((out / "error_0.json").read_text())
+    assert "rank 1" in report["error"] and "exited" in report["error"], report
+    assert report["seconds"] is not None and report["seconds"] < 60, report
