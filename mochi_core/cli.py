@@ -2,13 +2,16 @@
 
 Reproduces the settings of genmoai/mochi ``demos/cli.py`` (848x480, 64 steps, cfg 6.0, 30 fps MP4; mochi-spec.md
 §3.4) without a graph; see README "CLI". Errors the user can cause are printed as one line (no stack trace) with
-exit status 2 (bad input or checkpoint), 3 (does not fit), 130 (interrupted) or 1 (other pack errors, e.g. an MP4
-that could not be written: its frames are then saved as PNG files and the message says where).
+exit status 2 (bad input or checkpoint), 3 (does not fit), 4 (a multi-process run stopped because a rank failed; the
+message names it), 130 (interrupted) or 1 (other pack errors, e.g. an MP4 that could not be written: its frames are
+then saved as PNG files and the message says where). Multi-process runs (``torchrun``, ``--cfg-parallel``, ``--sp``,
+``--prompts``): :mod:`mochi_core.parallel.launch`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import logging
@@ -25,6 +28,7 @@ from .errors import (
     MochiError,
     MochiInterrupted,
     OutputWriteError,
+    ParallelError,
     UnsupportedCheckpointError,
 )
 
@@ -47,7 +51,16 @@ def _add_generate_parser(subparsers: Any) -> None:
         help="render a video from a prompt (T5 -> DiT sampling -> VAE decode)",
         description="Render one Mochi 1 video from a text prompt and write it as MP4 (30 fps) and/or PNG frames.",
     )
-    p.add_argument("--prompt", required=True, help="text prompt")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prompt", help="text prompt")
+    which.add_argument(
+        "--prompts",
+        default=None,
+        metavar="FILE",
+        help="render a list: one prompt a line (blank lines and # comments skipped), seeds from --seed upward; "
+        "outputs are numbered (fox.mp4 -> fox_000.mp4, ...; --frames-dir DIR -> DIR/000/, ...). Under torchrun "
+        "without --cfg-parallel/--sp the prompts are spread over the processes",
+    )
     p.add_argument("--negative", default="", help="negative prompt (default: empty, the official unconditional)")
     p.add_argument("--dit", required=True, help="DiT checkpoint (any supported layout)")
     p.add_argument("--vae", required=True, help="VAE checkpoint holding the decoder")
@@ -79,6 +92,24 @@ def _add_generate_parser(subparsers: Any) -> None:
         default=None,
         help="device memory for the whole job, e.g. 12GB: the planner chooses block streaming, CFG batching and "
         "decode tiles, and refuses a job that cannot fit before loading anything",
+    )
+    p.add_argument(
+        "--cfg-parallel",
+        action="store_true",
+        help="under torchrun: cond and uncond on two processes (with --sp N: 2 x N processes)",
+    )
+    p.add_argument(
+        "--sp",
+        type=int,
+        default=1,
+        help="under torchrun: sequence parallelism over N processes (N must divide the DiT's 24 heads)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds a process waits for a slow peer in a collective (default 1800); a dead peer is detected "
+        "within about 30 s regardless",
     )
     p.add_argument("--out", default=None, help="output MP4 path")
     p.add_argument(
@@ -140,8 +171,9 @@ class _Bars:
         if bar.total != total:
             bar.reset(total=total)
         bar.update(done - bar.n)
-        if done >= total:
+        if done >= total:  # the next video (a --prompts list) starts a new bar
             bar.close()
+            del self.bars[name]
 
     def sampling(self, step: int, total: int, _x0: Any) -> None:
         self._update("sampling", "step", step + 1, total)
@@ -208,10 +240,24 @@ def _write_outputs(args: argparse.Namespace, frames: Any) -> dict[str, Any]:
     return outputs
 
 
+def _numbered(args: argparse.Namespace, index: int) -> argparse.Namespace:
+    """The output options of video ``index`` of a ``--prompts`` list: name_000.mp4, DIR/000/."""
+    out = copy.copy(args)
+    if args.out is not None:
+        path = Path(args.out)
+        out.out = str(path.with_name(f"{path.stem}_{index:03d}{path.suffix}"))
+    if args.frames_dir is not None:
+        out.frames_dir = str(Path(args.frames_dir) / f"{index:03d}")
+    return out
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from .devices import check_device
+    from .parallel import ParallelLayout
+    from .parallel.launch import prepare, run
+    from .parallel.prompts import read_prompts
     from .pipeline import generate
 
     _check_outputs(args)
@@ -221,10 +267,15 @@ def _run_generate(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     budget = parse_bytes(args.memory_budget, name="--memory-budget") if args.memory_budget else None
     job_budget = parse_bytes(args.budget, name="--budget") if args.budget else None
-    bars = _Bars(not args.no_progress)
-    try:
+    prompts = read_prompts(args.prompts) if args.prompts is not None else [args.prompt]
+    layout = ParallelLayout(args.cfg_parallel, args.sp)
+    launch = prepare(layout, listed=args.prompts is not None, device=device, dit=args.dit, timeout_s=args.dist_timeout)
+    bars = _Bars(not args.no_progress and launch.is_root)
+    summaries: list[dict[str, Any]] = []
+
+    def render(index: int, prompt: str, seed_i: int) -> tuple[Any, dict[str, Any]]:
         result = generate(
-            args.prompt,
+            prompt,
             negative_prompt=args.negative,
             dit=args.dit,
             vae=args.vae,
@@ -235,11 +286,11 @@ def _run_generate(args: argparse.Namespace) -> int:
             frames=args.frames,
             steps=args.steps,
             cfg=args.cfg,
-            seed=seed,
+            seed=seed_i,
             threshold_noise=args.threshold_noise,
             linear_steps=args.linear_steps,
             batch_cfg=not args.no_batch_cfg,
-            device=device,
+            device=launch.device,
             dtype=args.dtype,
             dit_storage_dtype=args.dit_storage_dtype,
             t5_storage_dtype=args.t5_storage_dtype,
@@ -250,22 +301,32 @@ def _run_generate(args: argparse.Namespace) -> int:
             budget=job_budget,
             callback=bars.sampling,
             decode_progress=bars.decode,
+            parallel=launch.parallel,
         )
+        summary = dict(result.summary)
+        summary.pop("sigmas", None)
+        return result.frames, summary
+
+    def write(index: int, frames: Any, summary: dict[str, Any]) -> None:
+        target = _numbered(args, index) if args.prompts is not None else args
+        outputs = _write_outputs(target, frames)
+        summary["fps"] = args.fps
+        summary["outputs"] = outputs
+        summaries.append(summary)
+        if not args.json:
+            where = outputs.get("mp4") or outputs.get("png_dir")
+            sys.stderr.write(
+                f"wrote {where}: {summary['frames']} frames {args.width}x{args.height}, seed {summary['seed']}, "
+                f"{summary['timings']['total_s']:.1f} s\n"
+            )
+
+    try:
+        run(launch, prompts, seed, render, write)
     finally:
         bars.close()
-    summary = dict(result.summary)
-    summary.pop("sigmas", None)
-    outputs = _write_outputs(args, result.frames)
-    summary["fps"] = args.fps
-    summary["outputs"] = outputs
-    if args.json:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-    else:
-        where = outputs.get("mp4") or outputs.get("png_dir")
-        sys.stderr.write(
-            f"wrote {where}: {summary['frames']} frames {args.width}x{args.height}, seed {seed}, "
-            f"{summary['timings']['total_s']:.1f} s\n"
-        )
+    if args.json and launch.is_root:
+        shown: Any = summaries if args.prompts is not None else summaries[0]
+        sys.stdout.write(json.dumps(shown, indent=2) + "\n")
     return 0
 
 
@@ -292,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DoesNotFitError as exc:
         sys.stderr.write(f"does not fit: {exc}\n")
         return 3
+    except ParallelError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 4
     except MochiError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1

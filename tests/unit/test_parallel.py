@@ -155,3 +155,73 @@ def test_a_killed_rank_is_named_and_the_others_stop(job) -> None:
     report = json.loads((out / "error_0.json").read_text())
     assert "rank 1" in report["error"] and "exited" in report["error"], report
     assert report["seconds"] is not None and report["seconds"] < 60, report
+
+
+def _cli_args(job: dict, tmp: Path) -> list[str]:
+    c = job["common"]
+    return [
+        "generate",
+        *("--dit", c["dit"], "--vae", c["vae"], "--t5", c["text_encoder"], "--tokenizer", c["tokenizer"]),
+        *("--width", "64", "--height", "48", "--frames", "7", "--steps", "2", "--cfg", "4.5"),
+        *("--device", "cpu", "--no-progress", "--negative", "blurry"),
+    ]
+
+
+def test_cli_refuses_bad_layouts_before_starting(job, tmp_path, monkeypatch, capsys) -> None:
+    from mochi_core.cli import main
+
+    base = [*_cli_args(job, tmp_path), "--prompt", "a fox", "--out", str(tmp_path / "v.mp4")]
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert main([*base, "--sp", "3"]) == 2
+    assert "sp=3 does not divide the DiT's 4 attention heads" in capsys.readouterr().err
+    assert main([*base, "--cfg-parallel"]) == 2
+    assert "--cfg-parallel needs 2 processes" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(base) == 2
+    assert "nothing to share: give --prompts FILE" in capsys.readouterr().err
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_prompt_list_on_two_ranks_writes_the_videos_of_single_runs(job, tmp_path) -> None:
+    """3 prompts over 2 torchrun ranks (prompts 0 and 2 on rank 0, 1 on rank 1; rank 0 writes all three) against
+    the same list in one process and a single run of prompt 1 with seed 7 + 1. Every process computes with one
+    thread, so each video is produced by the same kernels in the same order: the files are compared byte for byte."""
+    import os
+    import subprocess
+    import sys
+
+    from mochi_core.cli import main
+    from tests.conftest import REPO_ROOT
+
+    prompts = ["a red fox in the snow", "# a comment", "", "a blue whale", "three cats on a sofa"]
+    listing = tmp_path / "prompts.txt"
+    listing.write_text("\n".join(prompts) + "\n")
+    args = _cli_args(job, tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mochi_core"]
+    dist_out = tmp_path / "dist"
+    proc = subprocess.run(
+        [*cmd, *args, "--prompts", str(listing), "--seed", "7", "--out", str(dist_out / "v.mp4"), "--json"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = json.loads(proc.stdout)
+    assert [s["prompt"] for s in summaries] == ["a red fox in the snow", "a blue whale", "three cats on a sofa"]
+    assert [s["seed"] for s in summaries] == [7, 8, 9]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = tmp_path / "one"
+        assert main([*args, "--prompts", str(listing), "--seed", "7", "--out", str(one / "v.mp4")]) == 0
+        assert main([*args, "--prompt", "a blue whale", "--seed", "8", "--out", str(tmp_path / "single.mp4")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for i in range(3):
+        assert (dist_out / f"v_{i:03d}.mp4").read_bytes() == (one / f"v_{i:03d}.mp4").read_bytes(), i
+    assert (tmp_path / "single.mp4").read_bytes() == (one / "v_001.mp4").read_bytes()
