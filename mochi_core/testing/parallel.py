@@ -2,7 +2,8 @@
 ``torch.multiprocessing`` and the ``env://`` variables torchrun would set; each runs :func:`worker`, which joins
 the process group and renders the jobs of a JSON spec with :func:`mochi_core.generate` in each parallel layout.
 
-Spec (JSON file): ``{"common": {generate keyword arguments}, "modes": [{"name", "cfg_parallel", "sp", "a2a"}],
+Spec (JSON file): ``{"common": {generate keyword arguments}, "modes": [{"name", "cfg_parallel", "sp", "a2a",
+"lora" (a LoRA file applied at run time, strength 1), "stream" (resident blocks, the others streamed)}],
 "kill": {"rank": r, "step": s} (optional), "watchdog": {init_distributed limits} (optional)}``. Rank 0 saves
 ``<out>/<name>.pt`` = {"latent", "frames", "sent_bytes" (per rank: bytes sent by op), "summary"}; with "kill", rank
 r SIGKILLs itself at sampling step s and the others write ``<out>/error_<rank>.json`` with the error and the
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["free_port", "spawn", "worker"]
+__all__ = ["free_port", "loaded_dit", "spawn", "worker"]
 
 
 def free_port() -> int:
@@ -55,6 +56,22 @@ def spawn(
         else:
             codes.append(p.exitcode)
     return codes
+
+
+def loaded_dit(path: str, lora: str | None, stream: int | None) -> Any:
+    """The DiT at ``path`` with the LoRA file ``lora`` applied (strength 1) and ``stream`` resident blocks."""
+    from ..dit import load_dit
+
+    model = load_dit(path, device="cpu")
+    if lora is not None:
+        from ..lora import apply_loras, load_lora
+
+        apply_loras(model, [(load_lora(lora), 1.0)])
+    if stream is not None:
+        from ..memory.streaming import enable_block_streaming
+
+        enable_block_streaming(model, stream, device="cpu")
+    return model
 
 
 def worker(rank: int, world: int, port: int, spec_path: str, out: str) -> None:
@@ -92,7 +109,10 @@ def worker(rank: int, world: int, port: int, spec_path: str, out: str) -> None:
             comms = [world_ctx.comm] + [c for c in (run.groups.cfg, run.groups.sp) if c is not None]
             for c in comms:
                 c.sent_by_op.clear()
-            result = generate(**spec["common"], parallel=run, callback=callback)
+            common = dict(spec["common"])
+            if "lora" in mode or "stream" in mode:
+                common["dit"] = loaded_dit(common["dit"], mode.get("lora"), mode.get("stream"))
+            result = generate(**common, parallel=run, callback=callback)
             ops = ("all_to_all", "all_gather", "broadcast", "send")
             sent = [sum(c.sent_by_op.get(op, 0) for c in comms) for op in ops]
             all_sent = world_ctx.comm.all_gather(torch.tensor(sent, dtype=torch.int64))

@@ -22,7 +22,8 @@ from mochi_core.errors import InvalidInputError
 from mochi_core.parallel import ParallelLayout
 from mochi_core.parallel.volume import step_bytes
 from mochi_core.testing.dit import random_dit_state_dict, write_dit
-from mochi_core.testing.parallel import spawn
+from mochi_core.testing.lora import write_lora
+from mochi_core.testing.parallel import loaded_dit, spawn
 from mochi_core.testing.t5 import write_t5
 from mochi_core.testing.vae import random_decoder_state_dict, write_official_decoder
 from mochi_core.vae.tiling import TilePlan
@@ -53,7 +54,10 @@ def job(tmp_path_factory, t5_tokenizer_dir) -> dict:
         "tile": TILE,
     }
     ref = generate(**{**common, "tile": TilePlan(*TILE)})
-    return {"root": root, "common": common, "ref": ref}
+    lora = str(write_lora(root / "lora.safetensors", config=CONFIG, std=0.2))
+    ref_lora = generate(**{**common, "tile": TilePlan(*TILE), "dit": loaded_dit(common["dit"], lora, 1)})
+    assert (ref_lora.latent - ref.latent).abs().max() > 1e-3  # the LoRA changes the video
+    return {"root": root, "common": common, "ref": ref, "ref_lora": ref_lora, "lora": lora}
 
 
 def _run(job: dict, world: int, name: str, modes: list[dict], **extra) -> tuple[Path, list]:
@@ -64,9 +68,9 @@ def _run(job: dict, world: int, name: str, modes: list[dict], **extra) -> tuple[
     return out, spawn(world, spec, out, timeout=150)
 
 
-def _check_mode(job: dict, out: Path, name: str) -> dict:
+def _check_mode(job: dict, out: Path, name: str, ref_name: str = "ref") -> dict:
     got = torch.load(out / f"{name}.pt", weights_only=False)
-    ref = job["ref"]
+    ref = job[ref_name]
     assert got["latent"].shape == ref.latent.shape and got["frames"].shape == ref.frames.shape
     assert (got["latent"] - ref.latent).abs().max().item() <= TOL, name
     assert (got["frames"] - ref.frames).abs().max().item() <= TOL, name
@@ -91,15 +95,16 @@ def _text_tokens(job: dict) -> tuple[int, int]:
     return int(mask[0].sum()), int(mask[1].sum())
 
 
-def test_two_ranks_cfg_and_sequence_parallel_match_one_process(job) -> None:
+def test_two_ranks_cfg_and_sequence_parallel_lora_and_streaming_match_one_process(job) -> None:
     modes = [
         {"name": "cfg", "cfg_parallel": True},
         {"name": "sp2", "sp": 2},
-        {"name": "sp2_gather", "sp": 2, "a2a": "gather"},
+        # the all-gather fallback, with a run-time LoRA and block streaming (1 resident block)
+        {"name": "sp2_gather", "sp": 2, "a2a": "gather", "lora": job["lora"], "stream": 1},
     ]
     out, codes = _run(job, 2, "two", modes)
     assert codes == [0, 0]
-    got = {m["name"]: _check_mode(job, out, m["name"]) for m in modes}
+    got = {m["name"]: _check_mode(job, out, m["name"], "ref_lora" if "lora" in m else "ref") for m in modes}
     assert got["sp2"]["summary"]["parallel"] == {
         "world_size": 2,
         "rank": 0,
