@@ -15,12 +15,11 @@ from typing import Any
 import torch
 
 from . import host
+from .placement import placed, plan_text
 from .registry import register
 from .validation import invalid
 
 logger = logging.getLogger(__name__)
-
-MiB = 1024**2
 
 __all__ = ["MochiTextEncode", "make_conditioning", "conditioning_to_t5", "check_text", "encode_on_compute_device"]
 
@@ -124,45 +123,39 @@ def check_text(text: Any) -> None:
 
 
 def encode_on_compute_device(t5: Any, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode ``text`` with the T5 on ComfyUI's compute device when there is room, else where it is.
+    """Encode ``text`` with the T5 placed on ComfyUI's compute device by the core planner (all layers resident, or
+    the planned number with the others streamed from system RAM; :mod:`nodes.placement`).
 
-    The move happens inside the ``try``: if it fails part-way (out of memory while moving), ``finally`` puts every
-    weight back on the T5's home device, so the cached encoder is never left split between devices; an
-    out-of-memory during the move falls back to encoding on the home device.
+    Out of memory while moving the weights falls back to encoding in system RAM (the encoder is whole there again,
+    never left split between devices); any other error propagates with the weights back home.
     """
-    from mochi_core.memory.streaming import move_module
+    from mochi_core.errors import DoesNotFitError
 
     device = host.compute_device()
-    home = t5.device
-    if device.type == "cpu" or device == home:
-        return t5.encode([text])
-    need = int(t5.nbytes * 1.2) + 512 * MiB
-    if host.make_room(need, device) <= need:
-        logger.info("Mochi: T5 stays on %s (not enough free memory on %s)", home, device)
-        return t5.encode([text])
+    job = plan_text(t5, device)
+    plan = job.plan
+    streamed = plan.t5_layers - plan.t5_resident_blocks
+    logger.info(
+        "%s",
+        job.describe(
+            "Mochi Text Encode",
+            device,
+            f"T5 {plan.t5_resident_blocks}/{plan.t5_layers} layers resident"
+            + (f" ({streamed} streamed from system RAM)" if streamed else ""),
+        ),
+    )
+    job.check("Mochi Text Encode")
+
+    def set_device(dev: torch.device) -> None:
+        t5.device = dev
+
+    blocks = t5.model.encoder.block
     try:
-        if _move_unless_oom(t5.model, device):
-            t5.device = device
-        else:
-            logger.warning("Mochi: out of memory moving T5 to %s; encoding on %s instead", device, home)
-            move_module(t5.model, home)  # undo the part that moved
-            host.soft_empty_cache()
-        return t5.encode([text])
-    finally:
-        move_module(t5.model, home)  # every weight back home, also after a failure part-way through the move
-        t5.device = home
-        host.soft_empty_cache()
-
-
-def _move_unless_oom(module: torch.nn.Module, device: torch.device) -> bool:
-    """Move ``module`` to ``device``; False when that ran out of memory (the module may then be split: the caller
-    moves it back, outside this ``except`` so the failed attempt's tensors can be freed)."""
-    from mochi_core.memory.streaming import move_module
-
-    try:
-        move_module(module, device)
-    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
-        if not host.is_oom(exc):
-            raise
-        return False
-    return True
+        with placed(
+            "T5", t5.model, device, resident_blocks=plan.t5_resident_blocks if streamed else None, blocks=blocks,
+            set_device=set_device,
+        ):  # fmt: skip
+            return t5.encode([text])
+    except DoesNotFitError as exc:
+        logger.warning("Mochi Text Encode: %s; encoding in system RAM instead", exc)
+    return t5.encode([text])

@@ -5,10 +5,13 @@ Adapts ComfyUI's services to the plain callbacks `mochi_core` takes (style.md ch
 
 - model files: ``folder_paths.get_filename_list`` / ``get_full_path_or_raise`` (``diffusion_models``, ``vae``,
   ``text_encoders``);
-- devices and memory: ``comfy.model_management.get_torch_device`` (compute), ``unet_offload_device`` (home of
-  the weights between prompts), ``intermediate_device`` (where LATENT / IMAGE outputs live), ``free_memory``
-  (ask ComfyUI to move *its* models out of the way, never ``unload_all_models``), ``get_free_memory``; pinned host
-  memory for block streaming follows ``--disable-pinned-memory`` and ComfyUI's pinned-memory cap (``pin_policy``);
+- devices and memory: ``comfy.model_management.get_torch_device`` (compute), ``intermediate_device`` (where
+  LATENT / IMAGE outputs live), ``free_memory`` (ask ComfyUI to move *its* models out of the way, never
+  ``unload_all_models``), ``get_free_memory`` and ``extra_reserved_memory`` (``--reserve-vram``). The pack's
+  weights live in system RAM between uses (:data:`WEIGHTS_HOME`), also under ``--highvram`` / ``--gpu-only``,
+  where ComfyUI's ``unet_offload_device`` is the GPU: ComfyUI cannot evict models it does not manage, so a model
+  left on the GPU would take the memory the next graph needs; pinned host memory for block streaming follows ``--disable-pinned-memory`` and
+  ComfyUI's pinned-memory cap (``pin_policy``);
 - interrupt: ``should_stop()`` reads ``processing_interrupted()``, checked before every step / tile and before each
   progress update (ahead of ComfyUI's own progress hook, so the pack's path is the one that stops); a
   :class:`mochi_core.errors.MochiInterrupted` becomes ComfyUI's ``InterruptProcessingException`` (the UI shows
@@ -36,10 +39,12 @@ __all__ = [
     "comfy_available",
     "filename_list",
     "full_path",
+    "relative_paths",
     "compute_device",
-    "offload_device",
+    "WEIGHTS_HOME",
     "output_device",
     "free_bytes",
+    "reserved_bytes",
     "make_room",
     "should_stop",
     "interrupt_errors",
@@ -87,9 +92,39 @@ def full_path(folder: str, name: str) -> str:
     path = folder_paths.get_full_path(folder, name)
     if path is None:
         raise FileNotFoundError(
-            f"model file {name!r} not found in models/{folder} (searched: {folder_paths.get_folder_paths(folder)})"
+            f"model file {name!r} not found in models/{folder} (or it is a link to a file that no longer exists)"
         )
     return path
+
+
+def _shorten(text: str, folder: str) -> str:
+    """``text`` with every absolute path of ComfyUI's ``folder`` written as ``models/<folder>``."""
+    import os
+
+    import folder_paths
+
+    for base in sorted(folder_paths.get_folder_paths(folder), key=len, reverse=True):
+        base = os.path.normpath(base)
+        text = text.replace(base + os.sep, f"models/{folder}/").replace(base, f"models/{folder}")
+    return text
+
+
+@contextlib.contextmanager
+def relative_paths(folder: str) -> Iterator[None]:
+    """Messages of errors raised in the body name model files relative to ComfyUI's model folders
+    (``models/diffusion_models/x.safetensors``), never by the server's absolute paths, which an API client should
+    not see. The error itself (type, traceback) is kept; only the paths in its message change."""
+    try:
+        yield
+    except Exception as exc:
+        if comfy_available():
+            if isinstance(exc, OSError):
+                for attr in ("filename", "filename2"):
+                    value = getattr(exc, attr, None)
+                    if isinstance(value, str):
+                        setattr(exc, attr, _shorten(value, folder))
+            exc.args = tuple(_shorten(a, folder) if isinstance(a, str) else a for a in exc.args)
+        raise
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,13 +141,8 @@ def compute_device() -> torch.device:
     return torch.device(mm.get_torch_device())
 
 
-def offload_device() -> torch.device:
-    """Where model weights wait between uses (``unet_offload_device``: CPU unless ``--highvram``)."""
-    try:
-        import comfy.model_management as mm
-    except ImportError:
-        return torch.device("cpu")
-    return torch.device(mm.unet_offload_device())
+#: where the pack's model weights wait between uses, whatever ComfyUI's memory mode (see the module docstring)
+WEIGHTS_HOME = torch.device("cpu")
 
 
 def output_device() -> torch.device:
@@ -136,6 +166,18 @@ def free_bytes(device: torch.device) -> int:
 
         return int(psutil.virtual_memory().available)
     return int(mm.get_free_memory(device))
+
+
+def reserved_bytes(device: torch.device) -> int:
+    """Device memory ComfyUI keeps free for other applications (``extra_reserved_memory()``: 400 MiB by default,
+    ``--reserve-vram`` GB when given); 0 on the CPU and outside ComfyUI."""
+    if device.type == "cpu":
+        return 0
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return 0
+    return int(mm.extra_reserved_memory())
 
 
 def make_room(nbytes: int, device: torch.device) -> int:

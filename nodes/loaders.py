@@ -12,8 +12,9 @@ Semantics: file selection like core ``UNETLoader`` / ``VAELoader`` / ``CLIPLoade
   re-runs only when the name changes (ComfyUI's own input signature). A process-wide weak cache, keyed on the
   fingerprint, also returns the already-loaded model when two loader nodes (or two workflows) ask for the same
   file with the same options, without keeping a model alive that ComfyUI has dropped.
-- Weights load onto ComfyUI's offload device (CPU unless ``--highvram``); the nodes that use a model move it
-  to the compute device for their phase and back (see :mod:`nodes.placement`).
+- Weights load into system RAM (:data:`nodes.host.WEIGHTS_HOME`, also under ``--highvram`` / ``--gpu-only``):
+  the nodes that use a model place it on the compute device for their phase, as the core planner says, and
+  move it back afterwards (see :mod:`nodes.placement`), so ComfyUI's own models can have the GPU between phases.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _fingerprint(path: str) -> tuple[int, int]:
 def _cached(key: tuple, load: Callable[[], Any]) -> Any:
     obj = _CACHE.get(key)
     if obj is not None:
-        logger.info("Mochi: reusing loaded model %s", key[1])
+        logger.info("Mochi: reusing loaded model %s", os.path.basename(key[1]))
         return obj
     obj = load()
     try:
@@ -141,7 +142,7 @@ class MochiDiTLoader:
                     MEMORY_MODES,
                     {
                         "default": "auto",
-                        "tooltip": "How the DiT sits on the GPU while sampling: auto (whole model if it fits, otherwise stream transformer blocks from system RAM), full (whole model), stream (always stream the blocks that do not fit the budget).",
+                        "tooltip": "How the DiT sits on the GPU while sampling, as the memory planner decides for the budget: auto (whole model with both CFG passes in one batch when that fits, else one pass at a time, else the transformer blocks that do not fit stream from system RAM), full (whole model), stream (lowest memory: CFG passes one at a time, blocks that do not fit streamed).",
                     },
                 ),
                 "memory_budget_gb": (
@@ -151,7 +152,7 @@ class MochiDiTLoader:
                         "min": 0.0,
                         "max": 1024.0,
                         "step": 0.5,
-                        "tooltip": "GPU memory the sampler may use, in GB (10^9 bytes, as the planner and the command line count). 0 = automatic: the free memory at run time after ComfyUI unloads its own models.",
+                        "tooltip": "GPU memory the sampler may use, in GB (10^9 bytes, as the planner and the command line count). 0 = automatic: the free memory at run time after ComfyUI unloads what it must (its --reserve-vram kept free).",
                     },
                 ),
             }
@@ -159,6 +160,8 @@ class MochiDiTLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, dit_name: Any) -> bool | str:
+        # only dit_name: ComfyUI files a VALIDATE_INPUTS message under every input the method takes. A NaN
+        # memory_budget_gb passes ComfyUI's own range check; the loader refuses it when it runs, before any work
         if dit_name is None:  # linked: checked when the loader runs
             return True
         return _queue_check(lambda: check_model_file("diffusion_models", dit_name, "dit"))
@@ -172,18 +175,20 @@ class MochiDiTLoader:
     ) -> tuple[MochiDiT]:
         import mochi_core
 
+        check_widget_values(MochiDiTLoader, {"memory_budget_gb": memory_budget_gb})  # NaN / inf refused
         path = check_model_file("diffusion_models", dit_name, "dit")
         storage = None if weight_dtype == "default" else weight_dtype
-        device = host.offload_device()
+        device = host.WEIGHTS_HOME
         key = ("dit", path, _fingerprint(path), storage, attention, str(device))
 
         def load() -> Any:
             logger.info(
                 "Mochi: loading DiT %s (storage %s, attention %s) on %s", dit_name, weight_dtype, attention, device
             )
-            return mochi_core.load_dit(
-                path, device=device, dtype=_dit_compute_dtype(), storage_dtype=storage, attention=attention
-            )
+            with host.relative_paths("diffusion_models"):
+                return mochi_core.load_dit(
+                    path, device=device, dtype=_dit_compute_dtype(), storage_dtype=storage, attention=attention
+                )
 
         model = _cached(key, load)
         return (MochiDiT(model=model, name=dit_name, memory=memory, budget_bytes=int(memory_budget_gb * GB)),)
@@ -249,13 +254,14 @@ class MochiVAELoader:
         import mochi_core
 
         path = _check_vae_file(vae_name)
-        device = host.offload_device()
+        device = host.WEIGHTS_HOME
         compute = _vae_compute_dtype() if dtype == "auto" else dtype
         key = ("vae", path, _fingerprint(path), compute, str(device))
 
         def load() -> Any:
             logger.info("Mochi: loading VAE %s (compute %s) on %s", vae_name, compute, device)
-            return mochi_core.load_vae(path, device=device, compute_dtype=compute)
+            with host.relative_paths("vae"):
+                return mochi_core.load_vae(path, device=device, compute_dtype=compute)
 
         return (_cached(key, load),)
 
@@ -326,12 +332,15 @@ class MochiT5Loader:
         path = check_model_file("text_encoders", t5_name, "t5")
         tok = tokenizer.strip() or host.default_tokenizer_dir()
         storage = None if weight_dtype == "default" else weight_dtype
-        device = host.offload_device()
+        device = host.WEIGHTS_HOME
         key = ("t5", path, _fingerprint(path), storage, dtype, tok, str(device))
 
         def load() -> Any:
             logger.info("Mochi: loading T5 %s (storage %s, compute %s) on %s", t5_name, weight_dtype, dtype, device)
-            return mochi_core.load_text_encoder(path, tokenizer=tok, device=device, dtype=dtype, storage_dtype=storage)
+            with host.relative_paths("text_encoders"):
+                return mochi_core.load_text_encoder(
+                    path, tokenizer=tok, device=device, dtype=dtype, storage_dtype=storage
+                )
 
         return (_cached(key, load),)
 

@@ -7,7 +7,8 @@ with ``seed``, optional start ``LATENT`` + ``denoise``. Input and output LATENTs
 node converts to DiT space (``normalize_latent``) before sampling and back (``denormalize_latent``) after.
 
 Host integration: progress per step with optional latent previews, interrupt between steps
-(``processing_interrupted``), and DiT placement on the GPU through :mod:`nodes.placement`.
+(``processing_interrupted``), and the DiT placed by the core planner (blocks resident, CFG batching) through
+:mod:`nodes.placement`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from . import host
 from .conditioning import conditioning_to_t5
 from .lora import lora_scope
-from .placement import dit_on_device
+from .placement import placed, plan_sampling
 from .registry import register
 from .validation import check_video_size, check_widget_values, invalid, video_size_inputs
 
@@ -265,11 +266,33 @@ class MochiSampler:
             )
         noise = mochi_core.make_noise(int(seed), frames=int(frames), height=int(height), width=int(width), batch=batch)
         progress = host.ProgressReporter(steps, previews=True)
-        cfg_batch = 1 if float(cfg) == 1.0 else 2
+        device = host.compute_device()
+        job = plan_sampling(
+            model,
+            tuple(noise.shape),
+            device,
+            memory=model.memory,
+            budget_bytes=model.budget_bytes,
+            cfg_pass=float(cfg) != 1.0,
+            text_shape=(max(pos[0].shape[1], neg[0].shape[1]), want),
+        )
+        job.check("Mochi Sampler")
+        plan = job.plan
+        streamed = plan.depth - plan.resident_blocks
+        logger.info(
+            "%s",
+            job.describe(
+                "Mochi Sampler",
+                device,
+                f"DiT {plan.resident_blocks}/{plan.depth} blocks resident"
+                + (f" ({streamed} streamed from system RAM)" if streamed else "")
+                + (", CFG batched" if plan.batch_cfg else ", CFG passes one at a time"),
+            ),
+        )
         with (
             host.interrupt_errors("Mochi Sampler"),
             lora_scope(model),  # before placement: the LoRA tensors then move and stream with their blocks
-            dit_on_device(model, tuple(noise.shape), cfg_batch=cfg_batch) as dev,
+            placed("DiT", dit, device, resident_blocks=plan.resident_blocks if streamed else None) as dev,
         ):
             out = mochi_core.sample(
                 dit,
@@ -283,6 +306,7 @@ class MochiSampler:
                 sigmas=sig,
                 start_latent=start.to(dev) if start is not None else None,
                 denoise=float(denoise),
+                batch_cfg=plan.batch_cfg,
                 callback=progress.callback(),
                 should_stop=host.should_stop,
             )

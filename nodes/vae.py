@@ -10,62 +10,58 @@ block before retrying so the failed attempt's tensors can be freed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from . import host
+from .placement import GB, placed, plan_decode
 from .registry import register
+from .validation import check_widget_values, invalid
 
 logger = logging.getLogger(__name__)
 
 MiB = 1024**2
 GiB = 1024**3
-#: bytes of one GB of the ``memory_budget_gb`` input (10^9, like the planner and ``--budget 12GB`` of the CLI)
-GB = 10**9
-#: fraction of the free memory an automatic decode budget may take
-AUTO_FRACTION = 0.8
 MAX_OOM_RETRIES = 6
 
 
-@contextlib.contextmanager
-def vae_on_device(vae: Any, nbytes: int) -> Iterator[torch.device]:
-    """Move the VAE weights to the compute device (after asking ComfyUI for ``nbytes`` of room) and back after.
+#: the decode node's tile inputs, in pixels
+TILE_PIXEL_INPUTS = ("tile_height", "tile_width")
 
-    The move is inside the ``try``: when it fails part-way (out of memory while moving), ``finally`` still puts
-    every weight back on the VAE's home device, so the cached VAE is never left split between devices; the
-    out-of-memory is reported as :class:`mochi_core.errors.DoesNotFitError` with what to do.
-    """
-    from mochi_core.errors import DoesNotFitError
 
-    device = host.compute_device()
-    home = vae.device
-    if device == home or device.type == "cpu":
-        yield home
-        return
-    host.make_room(nbytes, device)
-    oom = False
-    try:
-        try:
-            vae.to(device)
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
-            if not host.is_oom(exc):
-                raise
-            oom = True
-        if oom:  # outside the except block, so the failed attempt's tensors can be freed by the move back
-            vae.to(home)
-            host.soft_empty_cache()
-            raise DoesNotFitError(
-                f"not enough free memory on {device} for the VAE weights ({vae.weight_bytes() / GiB:.2f} GiB); "
-                "the VAE stays loaded on the offload device: free GPU memory (or close other models) and queue again"
+def check_decode_inputs(memory_budget_gb: Any, tile_frames: Any, tile_height: Any, tile_width: Any) -> None:
+    """The decode node's budget and tiles: ranges of ``INPUT_TYPES`` (NaN and inf refused), tile sides in pixels
+    multiples of 8 (one latent). ``None`` = linked, checked at run time. Raises InvalidInputError naming the
+    first bad input and the allowed values."""
+    values = {"memory_budget_gb": memory_budget_gb, "tile_frames": tile_frames}
+    values.update(tile_height=tile_height, tile_width=tile_width)
+    check_widget_values(MochiVAEDecodeTiled, values)
+    for name in TILE_PIXEL_INPUTS:
+        value = values[name]
+        if value is not None and value % 8:
+            low = value // 8 * 8
+            nearest = f"{low} or {low + 8}" if low else "8"
+            raise invalid(
+                f"{name}={value} is not allowed: {name} must be a multiple of 8 pixels (one latent), or 0 = whole "
+                f"frame / chosen from the budget; nearest valid: {nearest}"
             )
-        yield device
-    finally:
-        vae.to(home)  # every weight back home, also after a failure part-way through the move
-        host.soft_empty_cache()
+
+
+def input_tile(
+    latent_shape: tuple[int, ...], tile_frames: int, tile_height: int, tile_width: int
+) -> tuple[int, int, int, int] | None:
+    """The tile the decode node's tile inputs force, as latent ``(frames, height, width, overlap)``; None when all
+    are 0 (the planner chooses). A side left at 0 is the whole latent side; split sides overlap by a quarter of the
+    smaller side (1 to 4 latents)."""
+    if not (tile_frames or tile_height or tile_width):
+        return None
+    _, _, t, h, w = latent_shape
+    th = tile_height // 8 if tile_height else h
+    tw = tile_width // 8 if tile_width else w
+    overlap = max(1, min(4, min(th, tw) // 4)) if (th < h or tw < w) else 0
+    return (int(tile_frames) or t, th, tw, overlap)
 
 
 def video_to_images(video: torch.Tensor) -> torch.Tensor:
@@ -80,13 +76,6 @@ def images_to_video(images: torch.Tensor) -> torch.Tensor:
     return (images[..., :3].to(torch.float32) * 2.0 - 1.0).permute(3, 0, 1, 2).unsqueeze(0)
 
 
-def _auto_budget(vae: Any, device: torch.device) -> int:
-    free = host.make_room(vae.weight_bytes() + 2 * GiB, device)
-    if device.type != "cpu":
-        free -= vae.weight_bytes() if vae.device != device else 0
-    return max(64 * MiB, int(free * AUTO_FRACTION))
-
-
 @register("MochiVAEDecodeTiled", "Mochi VAE Decode (Tiled)")
 class MochiVAEDecodeTiled:
     CATEGORY = "Mochi/vae"
@@ -99,6 +88,15 @@ class MochiVAEDecodeTiled:
     RETURN_NAMES = ("images",)
     OUTPUT_TOOLTIPS = ("The video frames, IMAGE [frames, height, width, 3] in 0..1 (batch videos one after another).",)
     FUNCTION = "decode"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, memory_budget_gb: Any, tile_height: Any = None, tile_width: Any = None) -> bool | str:
+        # tile_frames keeps ComfyUI's own range check (it is not an argument here)
+        try:
+            check_decode_inputs(memory_budget_gb, None, tile_height, tile_width)
+        except ValueError as exc:
+            return str(exc)
+        return True
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -118,7 +116,7 @@ class MochiVAEDecodeTiled:
                         "min": 0.0,
                         "max": 1024.0,
                         "step": 0.25,
-                        "tooltip": "Memory the decode may use, in GB (10^9 bytes, as the planner and the command line count); tiles are chosen to fit. 0 = automatic (80% of the free memory after ComfyUI unloads its models).",
+                        "tooltip": "Memory the decode may use, in GB (10^9 bytes, as the planner and the command line count); tiles are chosen to fit. 0 = automatic: the free memory after ComfyUI made room (its --reserve-vram kept free).",
                     },
                 ),
             },
@@ -165,56 +163,69 @@ class MochiVAEDecodeTiled:
         tile_width: int = 0,
     ) -> tuple[torch.Tensor]:
         from mochi_core.errors import DoesNotFitError, InvalidInputError
+        from mochi_core.vae import TilePlan
 
+        check_decode_inputs(memory_budget_gb, tile_frames, tile_height, tile_width)  # linked values are known now
         latent = samples.get("samples") if isinstance(samples, dict) else None
         if not isinstance(latent, torch.Tensor) or latent.dim() != 5:
             shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else None
             raise InvalidInputError(f"samples must be a Mochi LATENT (B, 12, T, H/8, W/8); got shape {shape}")
-        _, _, t, h, w = latent.shape
-        tile = None
-        if tile_frames or tile_height or tile_width:
-            th = max(1, tile_height // 8) if tile_height else h
-            tw = max(1, tile_width // 8) if tile_width else w
-            tile = (int(tile_frames) or t, th, tw, max(1, min(4, min(th, tw) // 4)) if (th < h or tw < w) else 0)
-        budget = int(memory_budget_gb * GB) if memory_budget_gb > 0 else None
+        if vae.decoder is None:
+            raise InvalidInputError("this VAE file has no decoder: load mochi_vae.safetensors or Genmo's decoder file")
+        shape = tuple(int(v) for v in latent.shape)
+        tile = input_tile(shape, tile_frames, tile_height, tile_width)
+        device = host.compute_device()
+        job = plan_decode(vae, shape, device, budget_bytes=int(memory_budget_gb * GB), tile=tile)
+        if tile is None:
+            job.check("Mochi VAE Decode")
+        plan = job.plan
+        t, h, w = plan.decode_tile
+        logger.info(
+            "%s",
+            job.describe(
+                "Mochi VAE Decode",
+                device,
+                f"tile {t}x{h}x{w} latents (frames x height x width, overlap {plan.decode_overlap}), "
+                f"{plan.decode_tiles} tile(s)" + (" from the tile inputs" if tile is not None else ""),
+            ),
+        )
+        planned = TilePlan(t, h, w, plan.decode_overlap, plan.decode_norm)
+
+        def set_device(dev: torch.device) -> None:
+            vae.device = dev
+
         with (
             host.interrupt_errors("Mochi VAE Decode"),
-            vae_on_device(vae, vae.weight_bytes() + (budget or 2 * GiB)) as dev,
+            placed("VAE decoder", vae.decoder, device, set_device=set_device),
         ):
-            if tile is None and budget is None:
-                budget = _auto_budget(vae, dev)
-            video = self._decode_with_retry(vae, latent, budget, tile, DoesNotFitError)
+            video = self._decode_with_retry(vae, latent, planned, DoesNotFitError)
         return (video_to_images(video).to(host.output_device()),)
 
     @staticmethod
-    def _decode_with_retry(
-        vae: Any, latent: torch.Tensor, budget: int | None, tile: Any, fit_error: type
-    ) -> torch.Tensor:
-        """Decode by ``tile`` or ``budget``; on out-of-memory halve the budget (an explicit tile first becomes the
-        budget it needed) and try again, logging each retry."""
-        from mochi_core.vae import TilePlan
-
+    def _decode_with_retry(vae: Any, latent: torch.Tensor, tile: Any, fit_error: type) -> torch.Tensor:
+        """Decode by the planned ``tile``; on out-of-memory halve the working set it was planned for and decode
+        with the largest tile that fits that (the VAE's own choice from a budget), logging each retry."""
         progress = host.ProgressReporter(1)
 
         def on_progress(done: int, n: int) -> None:
             progress.total = n
             progress.update(done)
 
+        budget = None
         for attempt in range(MAX_OOM_RETRIES + 1):
             try:
-                if tile is not None:
+                if budget is None:
                     return vae.decode(latent, tile=tile, progress=on_progress, should_stop=host.should_stop)
                 return vae.decode(latent, memory_budget=budget, progress=on_progress, should_stop=host.should_stop)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
                 if not host.is_oom(exc):
                     raise
-                what = f"tile {tile}" if tile is not None else f"budget {budget / MiB:.0f} MiB"
+                what = f"tile {tile}" if budget is None else f"budget {budget / MiB:.0f} MiB"
                 logger.warning("Mochi VAE decode out of memory with %s (attempt %d)", what, attempt + 1)
             # outside the except block: the exception's frames no longer pin the failed attempt's tensors
             host.soft_empty_cache()
-            if tile is not None:
-                budget = vae.working_set_bytes(tuple(latent.shape), TilePlan(*tile))
-                tile = None
+            if budget is None:
+                budget = vae.working_set_bytes(tuple(latent.shape), tile)
             budget = max(1, int(budget) // 2)
             logger.warning("Mochi VAE decode: retrying with a memory budget of %.0f MiB", budget / MiB)
         raise fit_error(
@@ -254,6 +265,7 @@ class MochiVAEEncode:
 
     def encode(self, vae: Any, images: torch.Tensor) -> tuple[dict[str, torch.Tensor]]:
         from mochi_core.errors import InvalidInputError
+        from mochi_core.ops import weight_nbytes
 
         if vae.encoder is None:
             raise InvalidInputError(
@@ -274,7 +286,17 @@ class MochiVAEEncode:
         y0, x0 = (h - hh) // 2, (w - ww) // 2
         video = images_to_video(images[:frames, y0 : y0 + hh, x0 : x0 + ww])
         progress = host.ProgressReporter(1)
-        with host.interrupt_errors("Mochi VAE Encode"), vae_on_device(vae, vae.weight_bytes() + 4 * GiB) as dev:
+        device = host.compute_device()
+        # the planner has no encode phase: ask ComfyUI for the encoder weights and 4 GiB of activations
+        host.make_room(weight_nbytes(vae.encoder) + 4 * GiB + host.reserved_bytes(device), device)
+
+        def set_device(dev: torch.device) -> None:
+            vae.device = dev
+
+        with (
+            host.interrupt_errors("Mochi VAE Encode"),
+            placed("VAE encoder", vae.encoder, device, set_device=set_device) as dev,
+        ):
             latent = vae.encode(video.to(dev))
             progress.update(1)
         return ({"samples": latent.to(torch.float32).to(host.output_device())},)

@@ -9,6 +9,7 @@ the same checks again at execution time, when linked values are known.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -38,8 +39,9 @@ def widget_specs(node_cls: type) -> dict[str, tuple[Any, dict[str, Any]]]:
 def check_widget_values(node_cls: type, values: Mapping[str, Any]) -> None:
     """Check ``values`` against the INT / FLOAT ranges and the choice lists in ``node_cls.INPUT_TYPES()``.
 
-    ``None`` means linked (not known at queue time) and is skipped. Raises InvalidInputError naming the input and
-    the allowed values: ``batch_size=65 is not allowed: batch_size must be an integer from 1 to 64``.
+    ``None`` means linked (not known at queue time) and is skipped; NaN and inf are refused. Raises
+    InvalidInputError naming the input and the allowed values: ``batch_size=65 is not allowed: batch_size must be
+    an integer from 1 to 64``.
     """
     specs = widget_specs(node_cls)
     for name, value in values.items():
@@ -56,8 +58,8 @@ def check_widget_values(node_cls: type, values: Mapping[str, Any]) -> None:
         if kind == "INT":
             ok_type = isinstance(value, int) and not isinstance(value, bool)
             what = "an integer"
-        else:
-            ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:  # NaN passes every comparison, so ComfyUI's own range check lets it through
+            ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             what = "a number"
         if not ok_type or (lo is not None and value < lo) or (hi is not None and value > hi):
             raise invalid(f"{name}={value!r} is not allowed: {name} must be {what} from {lo} to {hi}")
@@ -116,7 +118,8 @@ def check_model_file(folder: str, name: str, wanted: str, *, alternatives: tuple
 
     ``wanted`` is a component name of :mod:`mochi_core.formats.detect` (``dit``, ``vae_decoder``, ``t5``...).
     Returns the full path. Raises ValueError naming the folder and the file's actual content (a VAE in the DiT
-    loader, a T5 in the VAE loader...). Reads only the header (cheap enough for queue-time validation).
+    loader, a T5 in the VAE loader...), with file names relative to the model folders (never the server's absolute
+    paths). Reads only the header (cheap enough for queue-time validation).
     """
     from mochi_core.errors import MochiError
     from mochi_core.formats.detect import require_component
@@ -132,9 +135,10 @@ def check_model_file(folder: str, name: str, wanted: str, *, alternatives: tuple
         shown = ", ".join(listed[:8]) + (" ..." if len(listed) > 8 else "") if listed else "(folder is empty)"
         raise invalid(f"model file {name!r} is not in models/{folder}; available: {shown}")
     try:
-        path = host.full_path(folder, name)
-        with open_checkpoint(path) as ckpt:
-            require_component(ckpt.keys(), wanted, path=name, alternatives=alternatives)
+        with host.relative_paths(folder):
+            path = host.full_path(folder, name)
+            with open_checkpoint(path) as ckpt:
+                require_component(ckpt.keys(), wanted, path=name, alternatives=alternatives)
     except (MochiError, OSError) as exc:
         raise invalid(str(exc)) from exc
     return path

@@ -54,7 +54,7 @@ def streamed_weights(other: int, blocks: list[int], resident: int, prefetch: boo
 class PhaseModel:
     """Phase peaks of one ``width`` x ``height`` x ``frames`` job (arguments already validated by the planner).
 
-    ``latent`` = (T, H, W) latent size; ``text_tokens`` = valid prompt tokens in the joint attention; ``backend``
+    ``latent`` = (T, H, W) latent size; ``batch`` = videos sampled and decoded together; ``text_tokens`` = valid prompt tokens in the joint attention; ``backend``
     = the attention kernel (:func:`~mochi_core.memory.estimates.attention_backend`).
     """
 
@@ -75,6 +75,7 @@ class PhaseModel:
         prefetch: bool,
         reserve: int,
         device_type: str = "cuda",
+        batch: int = 1,
     ) -> None:
         self.lt, self.lh, self.lw = latent
         self.cfg, self.t5s, self.dcfg = dit_config, t5_sizes, decoder_config
@@ -82,7 +83,8 @@ class PhaseModel:
         self.backend, self.text_tokens, self.prefetch, self.reserve = backend, text_tokens, prefetch, reserve
         p = dit_config.patch_size
         self.visual_tokens = self.lt * (self.lh // p) * (self.lw // p)
-        self.latent_bytes = dit_config.in_channels * self.lt * self.lh * self.lw * 4
+        self.batch = batch
+        self.latent_bytes = batch * dit_config.in_channels * self.lt * self.lh * self.lw * 4
         # features + masks of prompt and negative prompt, carried from text encoding to sampling
         self.carried = 2 * t5_sizes.tokens * t5_sizes.d_model * 4 + 2 * t5_sizes.tokens
         self.t5_other, self.t5_layers = t5_weight_bytes(t5_sizes, t5_storage)
@@ -92,7 +94,7 @@ class PhaseModel:
         )
         self.dit_other, self.dit_blocks = dit_weight_bytes(dit_config, dit_storage)
         self.decoder_bytes = decoder_weight_bytes(decoder_config, vae_dtype)
-        self.latent_shape = (1, decoder_config.latent_dim, self.lt, self.lh, self.lw)
+        self.latent_shape = (batch, decoder_config.latent_dim, self.lt, self.lh, self.lw)
         # the DiT-space latent and its VAE-space copy (the compute-dtype copy when it differs is in the tile's z)
         self.decode_other = 2 * self.latent_bytes
 
@@ -117,7 +119,7 @@ class PhaseModel:
 
     def sampling(self, resident: int, batched: bool) -> PhasePeak:
         """Sampling with ``resident`` DiT blocks on the device and cond / uncond in one batch when ``batched``."""
-        b = 2 if batched else 1
+        b = self.batch * (2 if batched else 1)
         act = dit_activation_bytes(
             self.cfg,
             visual_tokens=self.visual_tokens,
@@ -135,7 +137,7 @@ class PhaseModel:
         other = self.carried + 4 * self.latent_bytes
         ws = act["attention_workspace"]
         peak = w + act["total"] + other + self.reserve
-        detail = {"resident_blocks": resident, "batch": b, "activation_parts": act}
+        detail = {"resident_blocks": resident, "batch": b, "batch_cfg": batched, "activation_parts": act}
         return PhasePeak("sampling", w, act["total"] - ws, ws, other, self.reserve, peak, detail)
 
     def decoding(self, tile: Any) -> PhasePeak:

@@ -263,6 +263,7 @@ def plan(
     prefetch: bool = True,
     decode_tile: Any = None,
     reserve_bytes: int | str | None = None,
+    batch: int = 1,
 ) -> Plan:
     """Plan one ``width``x``height``x``frames`` generation under ``budget_bytes`` on ``device``.
 
@@ -272,7 +273,8 @@ def plan(
     ``TilePlan``, latent frames per chunk, or (frames, height, width[, overlap]) latents) force a choice, and the
     smallest budget that fits is computed with them kept. ``text_tokens``: valid prompt tokens in the joint attention
     (0..the DiT's token length, default all of them, the worst case). ``reserve_bytes``: kept free on the device
-    (bytes or a size such as "768MiB"; default 768 MiB on CUDA, 0 on CPU). Sizes follow mochi-spec.md §3.6 (frames
+    (bytes or a size such as "768MiB"; default 768 MiB on CUDA, 0 on CPU). ``batch``: videos sampled and decoded
+    together (1..64; a batched latent). Sizes follow mochi-spec.md §3.6 (frames
     6k+1, width/height multiples of 16). Every argument is validated first
     (:class:`~mochi_core.errors.InvalidInputError` names it). Returns a :class:`Plan` (``fits`` may be False; see
     :func:`require_fit`).
@@ -304,6 +306,7 @@ def plan(
     reserve = check_reserve(reserve_bytes, dev)
     if resident_blocks is not None:
         check_int("resident_blocks", resident_blocks, low=0, high=cfg.depth)
+    batch = check_int("batch", batch, low=1, high=64)
 
     backend = attention_backend(dev, attention, _DTYPE_BYTES[cdt], cfg.head_dim)
     model = PhaseModel(
@@ -321,6 +324,7 @@ def plan(
         prefetch=prefetch,
         reserve=reserve,
         device_type=torch.device(dev).type,
+        batch=batch,
     )
     text = _choose_text(model, budget)
     samp = _choose_sampling(model, budget, resident_blocks, batch_cfg)
@@ -357,7 +361,7 @@ def plan(
         latent_shape=(cfg.in_channels, model.lt, model.lh, model.lw),
         visual_tokens=model.visual_tokens,
         text_tokens=l_txt,
-        batch_cfg=samp.detail["batch"] == 2,
+        batch_cfg=bool(samp.detail["batch_cfg"]),
         depth=model.depth,
         resident_blocks=resident,
         streaming=resident < model.depth,

@@ -143,3 +143,56 @@ def test_server_keeps_serving_after_the_refusals(comfy_host, models, prompt) -> 
     result = comfy_host.client.run(prompt, timeout=120)
     assert result.status == "success", result.error
     assert comfy_host.alive()
+
+
+def test_nan_budget_on_the_dit_loader_is_refused_naming_the_input(comfy_host, models, prompt) -> None:
+    """NaN passes ComfyUI's own range check (every comparison with NaN is false): the loader refuses it itself,
+    before reading the file, instead of failing inside a conversion."""
+    node(prompt, "MochiDiTLoader")["inputs"]["memory_budget_gb"] = float("nan")
+    result = comfy_host.client.run(prompt, timeout=120)
+    assert result.status == "error", result.status
+    assert result.error["node_type"] == "MochiDiTLoader"
+    message = result.error["exception_message"]
+    assert "memory_budget_gb=nan is not allowed" in message and "from 0.0 to 1024.0" in message, message
+    assert "cannot convert" not in message
+
+
+def _decode_node(prompt: dict) -> dict:
+    return node(prompt, "MochiVAEDecodeTiled")["inputs"]
+
+
+def test_nan_budget_on_the_decode_is_refused_when_queued(comfy_host, models, prompt) -> None:
+    _decode_node(prompt)["memory_budget_gb"] = float("nan")
+    body = rejected(comfy_host, prompt)
+    assert "memory_budget_gb=nan is not allowed: memory_budget_gb must be a number from 0.0 to 1024.0" in body, body
+
+
+def test_tile_height_off_the_8_pixel_grid_is_refused_naming_the_nearest(comfy_host, models, prompt) -> None:
+    _decode_node(prompt)["tile_height"] = 12
+    body = rejected(comfy_host, prompt)
+    assert "tile_height=12 is not allowed: tile_height must be a multiple of 8 pixels" in body, body
+    assert "nearest valid: 8 or 16" in body, body
+
+
+def test_messages_name_model_files_relative_to_the_model_folders(comfy_host, models, prompt) -> None:
+    """A link to a file that no longer exists, and a truncated download in a subfolder: the messages name the files
+    as ``models/<folder>/...``; the server's absolute paths stay on the server."""
+    dangling = comfy_host.model_path("diffusion_models", "test_errors_dangling.safetensors")
+    truncated = comfy_host.model_path("vae", "sub/test_errors_truncated_vae.safetensors")
+    try:
+        dangling.symlink_to(comfy_host.base_dir / "no_such_target.safetensors")
+        node(prompt, "MochiDiTLoader")["inputs"]["dit_name"] = dangling.name
+        body = rejected(comfy_host, prompt)
+        assert "test_errors_dangling.safetensors" in body and "models/diffusion_models" in body, body
+        assert str(comfy_host.base_dir) not in body and str(comfy_host.models_dir) not in body, body
+
+        data = models["mochi_vae.safetensors"].read_bytes()
+        truncated.write_bytes(data[: len(data) // 2])
+        node(prompt, "MochiDiTLoader")["inputs"]["dit_name"] = "mochi_preview_fp8_scaled.safetensors"
+        node(prompt, "MochiVAELoader")["inputs"]["vae_name"] = "sub/test_errors_truncated_vae.safetensors"
+        body = rejected(comfy_host, prompt)
+        assert "test_errors_truncated_vae.safetensors" in body and "truncated" in body, body
+        assert str(comfy_host.base_dir) not in body, body
+    finally:
+        dangling.unlink(missing_ok=True)
+        truncated.unlink(missing_ok=True)

@@ -16,7 +16,6 @@ sys.path.insert(0, str(REPO / "scripts"))
 from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 from nodes.conditioning import conditioning_to_t5, make_conditioning  # noqa: E402
 from nodes.host import latent_to_rgb  # noqa: E402
-from nodes.placement import plan_placement  # noqa: E402
 from nodes.sampler import check_sampler_inputs  # noqa: E402
 from nodes.vae import MochiVAEDecodeTiled, images_to_video, video_to_images  # noqa: E402
 
@@ -246,22 +245,15 @@ class _FakeVAE:
 
 
 def test_decode_oom_is_retried_with_half_the_budget(caplog: pytest.LogCaptureFixture) -> None:
+    """The planned tile runs out of memory: the retry halves the working set that tile was planned for (8 MiB)."""
     from mochi_core.errors import DoesNotFitError
 
     vae = _FakeVAE(limit=1 << 20)
     with caplog.at_level(logging.WARNING, logger="nodes.vae"):
-        out = MochiVAEDecodeTiled._decode_with_retry(vae, torch.zeros(1, 12, 2, 1, 1), 4 << 20, None, DoesNotFitError)
+        out = MochiVAEDecodeTiled._decode_with_retry(vae, torch.zeros(1, 12, 2, 1, 1), (1, 1, 1, 0), DoesNotFitError)
     assert out.shape == (1, 3, 7, 8, 8)
     assert vae.budgets == [4 << 20, 2 << 20, 1 << 20]
     assert "retrying with a memory budget of 2 MiB" in caplog.text
-
-
-def test_decode_oom_with_explicit_tile_falls_back_to_budget() -> None:
-    from mochi_core.errors import DoesNotFitError
-
-    vae = _FakeVAE(limit=2 << 20)
-    MochiVAEDecodeTiled._decode_with_retry(vae, torch.zeros(1, 12, 2, 1, 1), None, (1, 1, 1, 0), DoesNotFitError)
-    assert vae.budgets == [4 << 20, 2 << 20]
 
 
 def test_decode_gives_up_with_a_clear_error_and_other_errors_pass_through() -> None:
@@ -269,7 +261,7 @@ def test_decode_gives_up_with_a_clear_error_and_other_errors_pass_through() -> N
 
     with pytest.raises(DoesNotFitError, match="latent is kept"):
         MochiVAEDecodeTiled._decode_with_retry(
-            _FakeVAE(limit=0), torch.zeros(1, 12, 2, 1, 1), 1 << 20, None, DoesNotFitError
+            _FakeVAE(limit=0), torch.zeros(1, 12, 2, 1, 1), (1, 1, 1, 0), DoesNotFitError
         )
 
     class Broken(_FakeVAE):
@@ -277,22 +269,10 @@ def test_decode_gives_up_with_a_clear_error_and_other_errors_pass_through() -> N
             raise ValueError("not memory")
 
     with pytest.raises(ValueError, match="not memory"):
-        MochiVAEDecodeTiled._decode_with_retry(Broken(0), torch.zeros(1, 12, 2, 1, 1), 1 << 20, None, DoesNotFitError)
+        MochiVAEDecodeTiled._decode_with_retry(Broken(0), torch.zeros(1, 12, 2, 1, 1), (1, 1, 1, 0), DoesNotFitError)
 
 
-# ------------------------------------------------------------------------------------------------ placement, previews
-
-
-def test_placement_full_when_it_fits_else_streams(tiny: dict) -> None:
-    model = tiny["dit"].model
-    weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-    assert plan_placement(model, mode="auto", budget_bytes=0, free_bytes=10 * weights, act_bytes=weights).mode == "full"
-    small = plan_placement(model, mode="auto", budget_bytes=0, free_bytes=weights, act_bytes=weights // 2)
-    assert small.mode == "stream" and 0 <= small.resident_blocks < len(model.blocks)
-    assert plan_placement(model, mode="full", budget_bytes=1, free_bytes=1, act_bytes=1).mode == "full"
-    assert plan_placement(
-        model, mode="stream", budget_bytes=10 * weights, free_bytes=0, act_bytes=0
-    ).resident_blocks == len(model.blocks)
+# ------------------------------------------------------------------------------------------------ previews
 
 
 def test_latent_preview_matches_core_latent2rgb_formula() -> None:

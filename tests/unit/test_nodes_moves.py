@@ -113,20 +113,13 @@ def test_t5_other_error_while_moving_is_raised_and_the_model_restored(models, fa
 
 
 def test_vae_out_of_memory_while_moving_is_clear_and_leaves_the_vae_whole(models, fake_gpu, monkeypatch) -> None:
+    import mochi_core.memory.streaming as streaming
     from mochi_core.errors import DoesNotFitError
 
     vae, expected = models["vae"], models["frames"]
-
-    def to(device: Any, dtype: Any = None) -> Any:  # VAE.to, with the device copy done by the fake GPU
-        for m in (vae.decoder, vae.encoder):
-            if m is not None:
-                fake_gpu.move(m, device)
-        vae.device = torch.device(device)
-        return vae
-
-    monkeypatch.setattr(vae, "to", to)
+    monkeypatch.setattr(streaming, "move_module", fake_gpu.move)
     fake_gpu.fail_at = 5
-    with pytest.raises(DoesNotFitError, match="not enough free memory on cuda:0 for the VAE weights"):
+    with pytest.raises(DoesNotFitError, match="out of memory on cuda:0 while moving the VAE decoder weights"):
         _decode(vae)
     assert fake_gpu.away == {} and vae.device == torch.device("cpu")
     monkeypatch.setattr(host, "compute_device", lambda: torch.device("cpu"))

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -74,8 +73,50 @@ def test_the_validated_inputs_are_the_expected_ones() -> None:
         "MochiSampler": ["width", "height", "frames", "steps", "linear_steps", "threshold_noise", "latent", "sigmas"],
         "MochiT5Loader": ["t5_name"],
         "MochiTextEncode": ["text"],
+        "MochiVAEDecodeTiled": ["memory_budget_gb", "tile_height", "tile_width"],
         "MochiVAELoader": ["vae_name"],
     }
+
+
+def float_cases() -> list[tuple[str, str, float]]:
+    return [
+        (node_id, name, value)
+        for node_id in VALIDATED
+        for name in validate_args(NODE_CLASS_MAPPINGS[node_id])
+        if widget_specs(NODE_CLASS_MAPPINGS[node_id])[name][0] == "FLOAT"
+        for value in (float("nan"), float("inf"))
+    ]
+
+
+@pytest.mark.parametrize(("node_id", "name", "value"), float_cases(), ids=lambda v: str(v))
+def test_nan_and_inf_are_refused_when_queued(node_id: str, name: str, value: float) -> None:
+    """NaN passes every comparison, so ComfyUI's own range check lets it through: the pack refuses it."""
+    cls = NODE_CLASS_MAPPINGS[node_id]
+    args = defaults(cls)
+    args[name] = value
+    msg = cls.VALIDATE_INPUTS(**args)
+    assert isinstance(msg, str) and msg.startswith(f"{name}={value!r} is not allowed: {name} must be a number"), msg
+
+
+def test_dit_loader_refuses_a_nan_budget_when_it_runs() -> None:
+    """The DiT loader validates only dit_name when queued (a message would be filed under every input it takes)."""
+    loader = NODE_CLASS_MAPPINGS["MochiDiTLoader"]()
+    with pytest.raises(InvalidInputError, match=r"memory_budget_gb=nan is not allowed: .* from 0.0 to 1024.0"):
+        loader.load("any.safetensors", "default", "sdpa", "auto", float("nan"))  # refused before the file is read
+
+
+@pytest.mark.parametrize(("name", "value", "nearest"), [("tile_height", 12, "8 or 16"), ("tile_width", 4, "8")])
+def test_decode_tiles_must_be_multiples_of_8_pixels(name: str, value: int, nearest: str) -> None:
+    cls = NODE_CLASS_MAPPINGS["MochiVAEDecodeTiled"]
+    args = defaults(cls)
+    args[name] = value
+    msg = cls.VALIDATE_INPUTS(**args)
+    assert msg == (
+        f"{name}={value} is not allowed: {name} must be a multiple of 8 pixels (one latent), or 0 = whole frame / "
+        f"chosen from the budget; nearest valid: {nearest}"
+    )
+    with pytest.raises(InvalidInputError, match=f"{name}={value} is not allowed"):  # a linked value, at run time
+        cls().decode(None, None, **args)
 
 
 @pytest.mark.parametrize(("node_id", "name", "value"), out_of_range_cases(), ids=lambda v: str(v))
@@ -209,31 +250,3 @@ def test_t5_bf16_compute_is_refused_on_the_cpu(files: dict[str, Path]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ units
-
-
-def test_memory_budget_inputs_count_gb_as_powers_of_ten(tmp_path: Path) -> None:
-    """``memory_budget_gb`` = 10^9 bytes per GB, as the core planner and ``--budget 12GB``."""
-    from nodes.vae import MochiVAEDecodeTiled
-
-    class RecordingVAE:
-        def __init__(self) -> None:
-            self.device = torch.device("cpu")
-            self.budgets: list[int] = []
-
-        def weight_bytes(self) -> int:
-            return 1000
-
-        def decode(self, latent, *, memory_budget=None, tile=None, progress=None, should_stop=None):
-            self.budgets.append(memory_budget)
-            return torch.zeros(1, 3, 7, 8, 8)
-
-    vae = RecordingVAE()
-    MochiVAEDecodeTiled().decode(vae, {"samples": torch.zeros(1, 12, 2, 1, 1)}, 1.5)
-    assert vae.budgets == [1_500_000_000]
-
-
-def test_placement_log_labels_binary_units_gib() -> None:
-    from nodes.placement import Placement
-
-    text = Placement("full", 48, 0, 3 * 1024**3, 1024**3 // 2).describe()
-    assert text == "full: weights 3.00 GiB, activations ~0.50 GiB"

@@ -336,3 +336,18 @@ def test_plan_is_fast_and_pure() -> None:
     p = plan(1280, 720, 163, budget_bytes="24GiB")
     assert torch.get_num_threads() == before
     assert p.visual_tokens == 28 * 45 * 80
+
+
+def test_batch_prices_every_video_of_a_batched_latent() -> None:
+    """``batch=2`` (a batched latent in ComfyUI): the DiT activations cover 2 videos (4 rows with batched CFG), the
+    decode holds 2 latents and 2 decoded videos; weights are the same."""
+    one = plan(848, 480, 31, budget_bytes="80GB", resident_blocks=48, batch_cfg=True, decode_tile=(6, 60, 106))
+    two = plan(848, 480, 31, budget_bytes="80GB", resident_blocks=48, batch_cfg=True, decode_tile=(6, 60, 106), batch=2)
+    s1, s2 = one.phase("sampling"), two.phase("sampling")
+    assert s2.weights_bytes == s1.weights_bytes and s2.detail["batch"] == 4 and two.batch_cfg
+    assert s2.activation_bytes > 1.9 * s1.activation_bytes
+    d1, d2 = one.phase("decoding"), two.phase("decoding")
+    assert d2.weights_bytes == d1.weights_bytes and d2.other_bytes == 2 * d1.other_bytes
+    assert d2.activation_bytes > 1.9 * d1.activation_bytes
+    with pytest.raises(InvalidInputError, match="batch=0 is out of range"):
+        plan(848, 480, 31, budget_bytes="80GB", batch=0)
