@@ -72,6 +72,7 @@ def test_the_validated_inputs_are_the_expected_ones() -> None:
         "MochiEmptyLatent": ["width", "height", "frames", "batch_size"],
         "MochiSampler": ["width", "height", "frames", "steps", "linear_steps", "threshold_noise", "latent", "sigmas"],
         "MochiT5Loader": ["t5_name"],
+        "MochiLoRA": ["lora_name", "strength"],
         "MochiTextEncode": ["text"],
         "MochiVAEDecodeTiled": ["memory_budget_gb", "tile_height", "tile_width"],
         "MochiVAELoader": ["vae_name"],
