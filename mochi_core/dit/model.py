@@ -208,6 +208,8 @@ class AsymmDiT(nn.Module):
 
         xt = self.x_embedder(x.to(dtype))  # (B, N, Dx)
         rot = rope_frequencies(self.pos_frequencies.to(x.device), t, ph, pw)  # (N, H, hd/2) complex64
+        if self.attention == "flash":  # its cumulative lengths go to the device once, before the blocks
+            counts.cu_seqlens(xt.shape[1], x.device)  # all visual tokens (sequence parallelism attends over all)
         attention, sp = self.attention, self.sequence_parallel
         if sp is not None:  # this rank's slice of the visual tokens (mochi_core.parallel.sequence)
             (xt, rot), attention = sp.shard(xt, rot), sp.attention(self.attention)
