@@ -354,10 +354,11 @@ class BlockStreamer:
                 return home
             registrar = CudaHostRegistrar()
         size = sum(_nbytes(h) for h in home)
-        if policy.limit_bytes is not None and self.stats.pinned_bytes + size > policy.limit_bytes:
+        held = sum(p.nbytes for p in self._pinned.values())
+        if policy.limit_bytes is not None and held + size > policy.limit_bytes:
             return home
         views, pinned = pin_block(home, registrar)
-        if pinned.pinned:
+        if pinned is not None:
             self._pinned[index] = pinned
             self.stats.pinned_bytes += pinned.nbytes
         return views
@@ -377,7 +378,7 @@ class BlockStreamer:
         return [i for i in range(self.depth) if self.block_on_device(i)]
 
     def reset_stats(self) -> None:
-        self.stats = StreamingStats()
+        self.stats = StreamingStats(pinned_bytes=self.stats.pinned_bytes)  # still held: not a counter
 
     # -- moves -----------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ pinned bytes) are measured by ``bench/gpu_check.py``."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 from typing import Any
 
@@ -264,6 +265,23 @@ def test_a_block_packed_before_is_pinned_again_without_a_copy() -> None:
     second.remove()
     assert [p.data_ptr() for b in model.blocks[1:] for p in b.parameters()] == pointers
     assert registrar.live == {}
+
+
+@torch.no_grad()
+def test_a_model_dropped_while_streamed_is_unpinned_before_its_memory_is_freed() -> None:
+    """No remove(): when the last tensor viewing a block's buffer goes, the buffer is unregistered before the
+    memory returns to the system (a freed range must not stay registered with the driver)."""
+    registrar = FakeRegistrar()
+    model = _model(4)
+    handle = enable_block_streaming(
+        model, 1, device="cpu", copy_on_load=True, pin_memory=PinPolicy(registrar=registrar)
+    )
+    model(torch.randn(2, 16))
+    assert len(registrar.live) == 3
+    del model, handle
+    gc.collect()
+    assert registrar.live == {}
+    assert [c[0] for c in registrar.calls] == ["register"] * 3 + ["unregister"] * 3
 
 
 @torch.no_grad()
