@@ -487,6 +487,8 @@ class BlockStreamer:
             self._loaded.discard(i)
         if self._prefetcher is not None:
             self._prefetcher.finish()  # no copy may still read host memory that is unpinned below
+        if self._pinned and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # nor a non-blocking load on the main stream
         for pinned in self._pinned.values():
             self.stats.pinned_bytes -= pinned.release()
         self._pinned.clear()
