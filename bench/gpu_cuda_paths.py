@@ -1,6 +1,6 @@
 """GPU check of the CUDA-only paths: what the CPU tests can only prove by shapes, counts and stand-ins.
 
-Run on a CUDA machine: ``python bench/gpu_cuda_paths.py`` (about a minute and under 12 GB of GPU memory with the
+Run on a CUDA machine: ``python bench/gpu_cuda_paths.py`` (a few minutes; about 17 GB of GPU memory with the
 defaults). It prints one table (check, measured, expected, verdict) and exits 1 when a check fails:
 
 - **encoder attention**: the first encoder attention at 848x480 (101,760 locations, over CUDA's 65,535 grid
