@@ -3,8 +3,8 @@
 Format (ComfyUI ``comfy/sd.py`` ``CLIP.encode_from_tokens_scheduled`` with ``comfy/text_encoders/genmo.py``):
 a list of ``[cond (1, L, 4096) float, {"attention_mask": (1, L) int64 0/1, "pooled_output": None}]``; core's
 Mochi T5 pads to at least 256 tokens and keeps longer prompts whole. Our encode node produces the same structure
-with the official Genmo tokenization (256 tokens, truncated; an empty prompt has an all-zero mask: mochi-spec.md
-§3.3), so core conditioning nodes can pass it along and core ``CLIPTextEncode`` output feeds our sampler.
+with the official Genmo tokenization (256 tokens, truncated; an empty prompt has an all-zero mask, as in Genmo's
+pipeline), so core conditioning nodes can pass it along and core ``CLIPTextEncode`` output feeds our sampler.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """The one module of the pack that talks to ComfyUI; every ComfyUI import happens inside a function.
 
-Adapts ComfyUI's services to the plain callbacks `mochi_core` takes (style.md checklist "Model files",
-"Devices and memory", "Progress and interrupt", "Previews"):
+Adapts ComfyUI's services to the plain callbacks `mochi_core` takes:
 
 - model files: ``folder_paths.get_filename_list`` / ``get_full_path_or_raise`` (``diffusion_models``, ``vae``,
   ``text_encoders``);

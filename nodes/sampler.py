@@ -1,6 +1,6 @@
 """MochiSampler: text-to-video and video-to-video sampling with Genmo's CFG Euler loop, in ComfyUI.
 
-Wraps :func:`mochi_core.sample` (semantics of genmoai/mochi ``pipelines.py`` ``sample_model``; mochi-spec.md §3):
+Wraps :func:`mochi_core.sample` (semantics of genmoai/mochi ``pipelines.py`` ``sample_model``):
 linear-quadratic schedule (threshold, linear steps) or a core ``SIGMAS`` input, noise from a CPU generator seeded
 with ``seed``, optional start ``LATENT`` + ``denoise``. Input and output LATENTs are core's
 ``{"samples": (B, 12, T, H/8, W/8)}`` in VAE space (like core ``EmptyMochiLatentVideo`` / ``VAEDecode``); the

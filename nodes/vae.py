@@ -1,10 +1,10 @@
 """VAE nodes: budgeted tiled decode (LATENT -> IMAGE) and encode (IMAGE -> LATENT) for video-to-video.
 
 Wraps ``mochi_core.VAE.decode`` / ``encode`` (semantics of genmoai/mochi ``pipelines.py`` decode_latents /
-decode_latents_tiled_spatial, ``demos/test_encoder_decoder.py``; mochi-spec.md §4-§5). Decode picks its tiles from
-a memory budget (auto: the free memory after ComfyUI made room), reports progress per tile, stops between tiles
-on interrupt, and retries an out-of-memory with half the budget instead of failing (the sampled latent stays in
-ComfyUI's cache either way). Behaviour copied from core ``comfy/sd.py`` ``VAE.decode``: leave the ``except``
+decode_latents_tiled_spatial, ``demos/test_encoder_decoder.py``; see ``docs/architecture.md``). Decode takes its
+tile from the core planner for its budget (:mod:`nodes.placement`; the tile inputs force one), reports progress per
+tile, stops between tiles on interrupt, and retries an out-of-memory with half the working set instead of failing
+(the sampled latent stays in ComfyUI's cache either way). Behaviour copied from core ``comfy/sd.py`` ``VAE.decode``: leave the ``except``
 block before retrying so the failed attempt's tensors can be freed.
 """
 
