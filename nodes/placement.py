@@ -71,7 +71,7 @@ class Budget:
         return self.source == "memory_budget_gb" and not self.capped
 
     def describe(self) -> str:
-        from mochi_core.memory.units import format_bytes
+        from mochi_core.memory import format_bytes
 
         if self.explicit:
             return f"budget {format_bytes(self.nbytes)} (memory_budget_gb)"
@@ -110,7 +110,7 @@ class PhasePlan:
 
     def describe(self, what: str, device: torch.device, placement: str) -> str:
         """The node's one log line: what is resident, the predicted peak and the budget."""
-        from mochi_core.memory.units import format_bytes
+        from mochi_core.memory import format_bytes
 
         return (
             f"{what} on {device}: {placement}; predicted peak {format_bytes(self.phase.peak_bytes)}, "
@@ -123,7 +123,7 @@ class PhasePlan:
         if self.fits:
             return
         from mochi_core.errors import DoesNotFitError
-        from mochi_core.memory.units import format_bytes
+        from mochi_core.memory import format_bytes
 
         least = format_bytes(self.smallest_bytes)
         if self.budget.explicit:

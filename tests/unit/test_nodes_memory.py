@@ -156,7 +156,7 @@ def test_log_line_states_resident_part_peak_and_budget(files, nodes_, caplog) ->
     plan = _core_plan(files, int(1.5 * GB))
     with caplog.at_level(logging.INFO, logger="nodes"):
         _run_sampler_and_decode(files, nodes_, _dit(files, 1.5), 1.5)
-    from mochi_core.memory.units import format_bytes
+    from mochi_core.memory import format_bytes
 
     sampler = _logged(caplog, "Mochi Sampler")
     assert sampler == (
@@ -195,7 +195,7 @@ def test_text_encode_plans_t5_layers(files, nodes_, monkeypatch, caplog) -> None
 
 def test_memory_budget_too_small_for_the_sampler_is_refused_naming_the_smallest(files, nodes_) -> None:
     from mochi_core.errors import DoesNotFitError
-    from mochi_core.memory.units import format_bytes
+    from mochi_core.memory import format_bytes
 
     least = _core_plan(files, 1).phase("sampling").peak_bytes  # every block streamed, CFG passes one at a time
     with pytest.raises(DoesNotFitError) as err:
