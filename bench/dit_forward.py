@@ -106,7 +106,7 @@ def _loader(which: str, path: str, cfg: DiTConfig, dtype: str = "fp32"):
     if which == "ours":
         from mochi_core.dit import load_dit
 
-        model = load_dit(path, dtype=dtype, storage_dtype=None if dtype == "fp32" else dtype)
+        model = load_dit(path, compute_dtype=dtype, storage_dtype=None if dtype == "fp32" else dtype)
         return lambda x, s, f, m: model(x, s, f, m)
     from safetensors.torch import load_file
 

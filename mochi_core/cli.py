@@ -40,9 +40,19 @@ logger = logging.getLogger(__name__)
 def parse_bytes(text: str, *, name: str = "--budget") -> int:
     """'20GB' -> 20e9, '18GiB' -> 18 * 2**30, '123456' -> bytes: the planner's parser (one rule for every command);
     an error names the option ``name`` (e.g. ``--memory-budget``)."""
-    from .memory.units import parse_bytes as _parse
+    from .units import parse_bytes as _parse
 
     return _parse(text, what=name)
+
+
+def add_size_arguments(p: argparse.ArgumentParser) -> None:
+    """--width, --height, --frames with the defaults every entry point shares (:data:`options.DEFAULT_SIZE`)."""
+    from .options import DEFAULT_SIZE
+
+    w, h, f = DEFAULT_SIZE["width"], DEFAULT_SIZE["height"], DEFAULT_SIZE["frames"]
+    p.add_argument("--width", type=int, default=w, help=f"multiple of 16 (default {w})")
+    p.add_argument("--height", type=int, default=h, help=f"multiple of 16 (default {h})")
+    p.add_argument("--frames", type=int, default=f, help=f"6k+1 frames: 1, 7, 13, ..., 163 (default {f})")
 
 
 def _add_generate_parser(subparsers: Any) -> None:
@@ -66,9 +76,7 @@ def _add_generate_parser(subparsers: Any) -> None:
     p.add_argument("--vae", required=True, help="VAE checkpoint holding the decoder")
     p.add_argument("--t5", required=True, help="T5 v1.1 XXL encoder: file (fp16, fp8, fp8_scaled) or HF folder")
     p.add_argument("--tokenizer", default=None, help="T5 tokenizer: tokenizer.json, spiece.model or their folder")
-    p.add_argument("--width", type=int, default=848, help="multiple of 16 (default 848)")
-    p.add_argument("--height", type=int, default=480, help="multiple of 16 (default 480)")
-    p.add_argument("--frames", type=int, default=31, help="6k+1 frames (default 31)")
+    add_size_arguments(p)
     p.add_argument("--steps", type=int, default=64, help="sampling steps (default 64)")
     p.add_argument("--cfg", type=float, default=6.0, help="classifier-free guidance scale (default 6.0; 1 = off)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: random, reported in the summary)")
@@ -76,13 +84,21 @@ def _add_generate_parser(subparsers: Any) -> None:
     p.add_argument("--linear-steps", type=int, default=None, help="linear part of the schedule (default steps//2)")
     p.add_argument("--no-batch-cfg", action="store_true", help="run cond and uncond as two DiT calls per step")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="DiT compute dtype: fp32 or bf16 (default fp32 on CPU, bf16 on CUDA)")
+    p.add_argument(
+        "--compute-dtype",
+        "--dtype",
+        dest="compute_dtype",
+        default=None,
+        help="DiT compute dtype: fp32, bf16, fp16 (default fp32 on CPU, bf16 on CUDA; --dtype is the earlier name)",
+    )
     p.add_argument("--dit-storage-dtype", default=None, help="convert DiT weights: bf16, fp16, fp8_e4m3fn, q8_0 ...")
     p.add_argument("--t5-storage-dtype", default=None, help="convert T5 weights: bf16, fp16, fp8_e4m3fn ...")
     p.add_argument(
+        "--vae-compute-dtype",
         "--vae-dtype",
+        dest="vae_compute_dtype",
         default=None,
-        help="VAE compute dtype (default fp32 on CPU, bf16 on CUDA; fp32 on GPUs without native bf16)",
+        help="VAE compute dtype (default fp32 on CPU, bf16 on CUDA; fp32 on GPUs without native bf16; --vae-dtype is the earlier name)",
     )
     p.add_argument("--vae-storage-dtype", default=None, help="convert VAE weights: bf16, fp16 ...")
     p.add_argument("--attention", default="sdpa", help="DiT attention backend: sdpa, flash, sage")
@@ -291,10 +307,10 @@ def _run_generate(args: argparse.Namespace) -> int:
             linear_steps=args.linear_steps,
             batch_cfg=not args.no_batch_cfg,
             device=launch.device,
-            dtype=args.dtype,
+            compute_dtype=args.compute_dtype,
             dit_storage_dtype=args.dit_storage_dtype,
             t5_storage_dtype=args.t5_storage_dtype,
-            vae_dtype=args.vae_dtype,
+            vae_compute_dtype=args.vae_compute_dtype,
             vae_storage_dtype=args.vae_storage_dtype,
             attention=args.attention,
             memory_budget=budget,

@@ -1,6 +1,6 @@
 """The one precision policy of the pack.
 
-Rules (mochi-spec.md §2.4, style.md "one precision policy"):
+Rules:
 - Matmuls (Linear, Conv) run in the *compute dtype*: float32 on CPU, bfloat16 on CUDA by default (float32 with a
   logged warning on a GPU without native bf16: Mochi is unstable in fp16). :func:`check_compute_dtype` is the one
   validation of a user's compute dtype for every model (DiT, VAE, T5); fp8 is a storage dtype, never a compute dtype.
@@ -27,6 +27,8 @@ from collections.abc import Iterable
 
 import torch
 
+from . import dtypes
+from .dtypes import dtype_name
 from .errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -50,32 +52,16 @@ __all__ = [
     "merge_storage_dtypes",
 ]
 
-#: Storage dtypes a user may ask for, by the names used in the nodes, CLI and planner.
-STORAGE_DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-    "fp8_e4m3fn": torch.float8_e4m3fn,
-    "fp8_e5m2": torch.float8_e5m2,
-}
+#: Storage dtypes with a torch dtype, by name (the one table: :mod:`mochi_core.dtypes`).
+STORAGE_DTYPES: dict[str, torch.dtype] = dtypes.TORCH_DTYPES
 
 FLOAT8_DTYPES: tuple[torch.dtype, ...] = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 #: Dtypes a model may *compute* in (matmul dtype), by name. fp8 is storage only.
-COMPUTE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPUTE_DTYPES: dict[str, torch.dtype] = dtypes.COMPUTE_DTYPES
 
 #: Storage of a non-weight tensor (bias) when fp8 storage is requested: fp8 has no scale for it.
 FP8_FALLBACK_DTYPE: torch.dtype = torch.bfloat16
-
-_ALIASES = {
-    "float32": "fp32",
-    "float": "fp32",
-    "bfloat16": "bf16",
-    "float16": "fp16",
-    "half": "fp16",
-    "float8_e4m3fn": "fp8_e4m3fn",
-    "float8_e5m2": "fp8_e5m2",
-}
 
 #: Substrings of official parameter names that stay in high precision when we convert storage.
 HIGH_PRECISION_PATTERNS: tuple[str, ...] = (
@@ -138,54 +124,28 @@ def check_compute_dtype(
     device: torch.device | str = "cpu",
     allowed: Iterable[str] = tuple(COMPUTE_DTYPES),
 ) -> torch.dtype:
-    """The one validation of a compute dtype, for every model loader.
+    """A compute dtype checked by the one rule (:func:`mochi_core.options.resolve_dtype`): a torch dtype, a name or
+    alias, or None / "auto" for :func:`default_compute_dtype` of ``device`` (fp32 when ``allowed`` excludes that
+    default). ``what`` names the argument in messages; ``allowed`` restricts the names (T5: ``("fp32", "bf16")``)."""
+    from .options import DTypeChoice, resolve_dtype
 
-    ``what`` names the argument in messages (``"dtype"``, ``"compute_dtype"``); ``dtype`` is a torch dtype, a name
-    (fp32, bf16, fp16, or torch's float32 / bfloat16 / float16) or None / "auto" for :func:`default_compute_dtype`
-    of ``device``; ``allowed`` restricts the names (T5: ``("fp32", "bf16")``). fp8 and anything else is refused with
-    :class:`InvalidInputError` naming ``what`` and the allowed values.
-    """
-    requested_names = tuple(allowed)
-    names = [n for n in requested_names if n in COMPUTE_DTYPES]
+    names = tuple(n for n in allowed if n in COMPUTE_DTYPES)
     if not names:  # a programming error of the caller, not a user input
-        raise ValueError(f"allowed must name compute dtypes among {', '.join(COMPUTE_DTYPES)}; got {requested_names}")
-    hint = f"allowed: {', '.join(names)} or 'auto'"
-    try:
-        parsed = parse_dtype(dtype, what=what)
-    except InvalidInputError:
-        raise InvalidInputError(f"{what}={dtype!r} cannot be a compute dtype; {hint}") from None
-    if parsed is None:  # the device's default, or float32 where the caller does not allow that default
-        parsed = default_compute_dtype(device)
-        if dtype_name(parsed) not in names:
-            parsed = torch.float32 if "fp32" in names else COMPUTE_DTYPES[names[0]]
-        return parsed
-    if dtype_name(parsed) not in names:
-        extra = " (fp8 is a storage dtype: use it as storage_dtype)" if parsed in FLOAT8_DTYPES else ""
-        raise InvalidInputError(f"{what}={dtype_name(parsed)} cannot be a compute dtype{extra}; {hint}")
-    return parsed
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """Inverse of :data:`STORAGE_DTYPES` for messages and plans; falls back to torch's name."""
-    for name, value in STORAGE_DTYPES.items():
-        if value == dtype:
-            return name
-    return str(dtype).replace("torch.", "")
+        raise ValueError(f"allowed must name compute dtypes among {', '.join(COMPUTE_DTYPES)}; got {tuple(allowed)}")
+    notes = {n: " (fp8 is a storage dtype: use it as storage_dtype)" for n in ("fp8_e4m3fn", "fp8_e5m2")}
+    choice = DTypeChoice("compute", "model", names, notes)
+    return resolve_dtype(dtype, what=what, choice=choice, device=device)  # type: ignore[return-value]
 
 
 def parse_dtype(value: str | torch.dtype | None, *, what: str = "dtype") -> torch.dtype | None:
-    """Accept a torch dtype, one of the names in :data:`STORAGE_DTYPES` (or a torch name), or None."""
-    if value is None or isinstance(value, torch.dtype):
-        if isinstance(value, torch.dtype) and value not in STORAGE_DTYPES.values():
-            raise InvalidInputError(f"{what}={value} is not supported; allowed: {', '.join(STORAGE_DTYPES)}")
-        return value
-    key = str(value).strip().lower().replace("torch.", "")
-    if key in ("", "auto", "default", "none"):
+    """A torch dtype or a name / alias of :data:`STORAGE_DTYPES`; None for None / "auto" / "default"."""
+    name = dtypes.canonical_name(value)
+    if name is None:
         return None
-    key = _ALIASES.get(key, key)
-    if key not in STORAGE_DTYPES:
-        raise InvalidInputError(f"{what}={value!r} is not supported; allowed: {', '.join(STORAGE_DTYPES)} or 'auto'")
-    return STORAGE_DTYPES[key]
+    if name not in STORAGE_DTYPES:
+        shown = value if isinstance(value, torch.dtype) else repr(value)
+        raise InvalidInputError(f"{what}={shown} is not supported; allowed: {', '.join(STORAGE_DTYPES)} or 'auto'")
+    return STORAGE_DTYPES[name]
 
 
 def keeps_high_precision(key: str) -> bool:

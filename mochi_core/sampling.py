@@ -22,17 +22,24 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from .errors import InvalidInputError, MochiInterrupted
-from .scalars import as_bool, as_int, as_real
+from .options import (
+    SamplingOptions,
+    check_seed,
+    check_size,
+    check_steps,
+    nearest_frame_counts,
+)
+from .scalars import as_int, as_real
 
 __all__ = [
     "LATENT_CHANNELS",
     "SamplingArgs",
+    "SamplingOptions",
     "check_sampling_args",
     "check_seed",
     "check_start_latent",
@@ -48,6 +55,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LATENT_CHANNELS = 12
+SamplingArgs = SamplingOptions  # the earlier name
 Conditioning = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -62,28 +70,14 @@ class DiTLike(Protocol):
 # ----------------------------------------------------------------------------------------------
 
 
-def nearest_frame_counts(frames: int) -> tuple[int, int]:
-    """The valid counts (6k + 1) just below and just above ``frames`` (both 1 and 7 below 1)."""
-    lower = 6 * ((max(int(frames), 1) - 1) // 6) + 1
-    return lower, lower + 6
-
-
 def validate_size(frames: int, height: int, width: int) -> None:
-    """Refuse a video size the DiT and VAE cannot take (frames 6k+1, height and width multiples of 16); integers
-    of any kind (Python, numpy, one-element tensors)."""
-    frames, height, width = (as_int(n, v) for n, v in (("frames", frames), ("height", height), ("width", width)))
-    if frames < 1 or (frames - 1) % 6:
-        lo, hi = nearest_frame_counts(frames)
-        near = f"{lo} or {hi}" if frames > 1 else f"{lo}"
-        raise InvalidInputError(
-            f"frames={frames} is not allowed: Mochi needs 6k+1 frames (1, 7, 13, ..., 163); nearest valid counts: {near}"
-        )
-    for name, value in (("height", height), ("width", width)):
-        if value < 16 or value % 16:
-            lo = max(16, value // 16 * 16)
-            raise InvalidInputError(
-                f"{name}={value} is not allowed: it must be a positive multiple of 16 (e.g. {lo} or {lo + 16})"
-            )
+    """Refuse a video size the DiT and VAE cannot take (:func:`mochi_core.options.check_size`)."""
+    check_size(width, height, frames)
+
+
+def check_sampling_args(**kwargs: Any) -> SamplingOptions:
+    """The sampler's arguments checked: :meth:`mochi_core.options.SamplingOptions.resolve`."""
+    return SamplingOptions.resolve(**kwargs)
 
 
 def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int, int]:
@@ -115,112 +109,6 @@ def validate_sigmas(sigmas: Sequence[float], steps: int | None = None) -> list[f
                 f"sigmas must be strictly decreasing to 0; entry {i} ({values[i]}) <= entry {i + 1} ({values[i + 1]})"
             )
     return values
-
-
-def _check_steps(steps: int) -> int:
-    """``steps`` as an int >= 1."""
-    value = as_int("steps", steps, what="an integer >= 1")
-    if value < 1:
-        raise InvalidInputError(f"steps={steps!r} is not allowed: steps must be an integer >= 1")
-    return value
-
-
-def _finite_number(name: str, value: Any, *, minimum: float) -> float:
-    """``value`` as a float that is finite and >= ``minimum``, or InvalidInputError naming ``name``."""
-    v = as_real(name, value, what=f"a finite number >= {minimum:g}")
-    if v < minimum:
-        raise InvalidInputError(f"{name}={value!r} is not allowed: {name} must be a finite number >= {minimum:g}")
-    return v
-
-
-def check_seed(seed: int) -> int:
-    """A noise seed is an integer in [0, 2**64); returned as a Python int."""
-    value = as_int("seed", seed, what="an integer in [0, 2**64)")
-    if not (0 <= value < 2**64):
-        raise InvalidInputError(f"seed={seed!r} is not allowed: use an integer in [0, 2**64)")
-    return value
-
-
-def _cfg_list(cfg_schedule: Sequence[float] | torch.Tensor, steps: int) -> list[float]:
-    if hasattr(cfg_schedule, "tolist") and hasattr(cfg_schedule, "ndim"):  # torch tensor, numpy array
-        if cfg_schedule.ndim != 1:  # type: ignore[union-attr]
-            raise InvalidInputError(f"cfg_schedule must be 1-D (one value per step); got {tuple(cfg_schedule.shape)}")  # type: ignore[union-attr]
-        values: list[Any] = cfg_schedule.tolist()  # type: ignore[union-attr]
-    elif isinstance(cfg_schedule, (str, bytes, dict)) or not hasattr(cfg_schedule, "__iter__"):
-        raise InvalidInputError(
-            f"cfg_schedule must be a list of numbers, one per step ({steps}); got {type(cfg_schedule).__name__}"
-        )
-    else:
-        values = list(cfg_schedule)
-    if len(values) != steps:
-        raise InvalidInputError(f"cfg_schedule has {len(values)} entries; it needs one per step ({steps})")
-    return [_finite_number("cfg", c, minimum=0.0) for c in values]
-
-
-@dataclass(frozen=True)
-class SamplingArgs:
-    """Checked sampling settings (see :func:`check_sampling_args`).
-
-    ``sigmas``: steps + 1 floats from the schedule or the caller; ``cfgs``: one guidance scale per step; ``cfg``:
-    the scalar ``cfg`` argument; ``denoise`` in (0, 1]; ``first``: index of the first step that runs.
-    """
-
-    steps: int
-    sigmas: tuple[float, ...]
-    cfgs: tuple[float, ...]
-    cfg: float
-    denoise: float
-    first: int
-
-    @property
-    def needs_uncond(self) -> bool:
-        """True when some step runs the unconditional pass (cfg != 1)."""
-        return any(c != 1.0 for c in self.cfgs)
-
-
-def check_sampling_args(
-    *,
-    steps: int,
-    cfg: float,
-    threshold_noise: float = 0.025,
-    linear_steps: int | None = None,
-    sigmas: Sequence[float] | torch.Tensor | None = None,
-    cfg_schedule: Sequence[float] | torch.Tensor | None = None,
-    denoise: float = 1.0,
-    has_start_latent: bool = False,
-) -> SamplingArgs:
-    """The one check of the sampler's scalar arguments, shared by :func:`sample` and ``pipeline.generate``.
-
-    ``steps`` >= 1; ``cfg`` a finite number >= 0 (may be None when ``cfg_schedule`` gives one value per step);
-    ``sigmas`` (steps + 1 values strictly decreasing to 0) or else the linear-quadratic schedule from
-    ``threshold_noise`` and ``linear_steps`` (which are then unused when ``sigmas`` is given); ``cfg_schedule``
-    one finite value >= 0 per step; ``denoise`` in (0, 1], below 1 only with a start latent. Raises
-    :class:`InvalidInputError` naming the argument; no tensor work.
-    """
-    steps = _check_steps(steps)
-    if cfg_schedule is None:
-        cfg_value = _finite_number("cfg", cfg, minimum=0.0)
-        cfgs = [cfg_value] * steps
-    else:
-        cfgs = _cfg_list(cfg_schedule, steps)
-        cfg_value = cfgs[0] if cfg is None else _finite_number("cfg", cfg, minimum=0.0)
-    if sigmas is None:
-        sched = linear_quadratic_schedule(steps, threshold_noise, linear_steps)
-    else:
-        sched = validate_sigmas(sigmas, steps)
-    denoise = as_real("denoise", denoise, what="a number in (0, 1]")
-    if not (0.0 < denoise <= 1.0):
-        raise InvalidInputError(f"denoise={denoise!r} is not allowed: it must be in (0, 1]")
-    if denoise < 1.0 and not has_start_latent:
-        raise InvalidInputError("denoise < 1 needs a start_latent (video-to-video); use denoise=1.0 for text-to-video")
-    return SamplingArgs(
-        steps=steps,
-        sigmas=tuple(sched),
-        cfgs=tuple(cfgs),
-        cfg=cfg_value,
-        denoise=float(denoise),
-        first=_start_index(sched, float(denoise)),
-    )
 
 
 def check_start_latent(start_latent: Any, shape: Sequence[int]) -> torch.Tensor:
@@ -260,13 +148,12 @@ def _check_noise(noise: Any) -> torch.Tensor:
     return noise
 
 
-def _check_callables(dit: Any, callback: Any, should_stop: Any, batch_cfg: Any) -> None:
+def _check_callables(dit: Any, callback: Any, should_stop: Any) -> None:
     if not callable(dit):
         raise InvalidInputError(f"dit must be a callable model (load_dit); got {type(dit).__name__}")
     for name, fn in (("callback", callback), ("should_stop", should_stop)):
         if fn is not None and not callable(fn):
             raise InvalidInputError(f"{name} must be callable or None; got {type(fn).__name__}")
-    as_bool("batch_cfg", batch_cfg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +202,7 @@ def linear_quadratic_schedule(
     A ``threshold_noise`` so large that the quadratic overshoots 1 (sigmas not strictly decreasing, or negative)
     is refused with the largest value that works.
     """
-    steps = _check_steps(steps)
+    steps = check_steps(steps)
     tau = as_real("threshold_noise", threshold_noise, what="a number in (0, 1)")
     if not (0.0 < tau < 1.0):
         raise InvalidInputError(f"threshold_noise={threshold_noise!r} is not allowed: it must be in (0, 1)")
@@ -409,24 +296,14 @@ def _pad_to(c: Conditioning, length: int) -> Conditioning:
     return feat, torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1)
 
 
-def _start_index(sigmas: Sequence[float], denoise: float) -> int:
-    """First schedule index whose sigma <= denoise (at least one step is kept)."""
-    if denoise >= 1.0:
-        return 0
-    for i, s in enumerate(sigmas[:-1]):
-        if s <= denoise:
-            return i
-    return len(sigmas) - 2
-
-
 def sample(
     dit: DiTLike,
     noise: torch.Tensor,
     positive: Conditioning,
     negative: Conditioning | None,
     *,
-    steps: int,
-    cfg: float,
+    steps: int | None = None,
+    cfg: float | None = None,
     threshold_noise: float = 0.025,
     linear_steps: int | None = None,
     sigmas: Sequence[float] | None = None,
@@ -436,6 +313,7 @@ def sample(
     batch_cfg: bool = True,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    options: SamplingOptions | None = None,
 ) -> torch.Tensor:
     """Run the Mochi CFG Euler sampler; returns the final latent (B, 12, T, H, W) float32 in DiT space.
 
@@ -452,9 +330,13 @@ def sample(
     - ``callback(step, total, x0)`` after every step (step counts from 0; x0 = z + sigma v, the current estimate of
       the clean latent, DiT space); ``should_stop()`` before every step: True raises :class:`MochiInterrupted`.
 
-    Every argument is checked (:func:`check_sampling_args` and the tensor checks) before the DiT is first called.
+    - ``options``: the settings already resolved (:meth:`SamplingOptions.resolve`); the scalar keywords
+      (``steps`` ... ``batch_cfg``) are then not used.
+
+    Every argument is checked (:meth:`SamplingOptions.resolve` and the tensor checks) before the DiT is first
+    called.
     """
-    args = check_sampling_args(
+    args = options or SamplingOptions.resolve(
         steps=steps,
         cfg=cfg,
         threshold_noise=threshold_noise,
@@ -462,9 +344,10 @@ def sample(
         sigmas=sigmas,
         cfg_schedule=cfg_schedule,
         denoise=denoise,
+        batch_cfg=batch_cfg,
         has_start_latent=start_latent is not None,
     )
-    _check_callables(dit, callback, should_stop, batch_cfg)
+    _check_callables(dit, callback, should_stop)
     _check_noise(noise)
     if start_latent is not None:
         check_start_latent(start_latent, tuple(noise.shape))
@@ -478,7 +361,7 @@ def sample(
     neg = _cond(negative, batch, "negative", device) if negative is not None else None
     _check_feature_width(dit, pos, neg)
     both: Conditioning | None = None
-    if neg is not None and batch_cfg and needs_uncond:
+    if neg is not None and args.batch_cfg and needs_uncond:
         length = max(pos[0].shape[1], neg[0].shape[1])
         p, n = _pad_to(pos, length), _pad_to(neg, length)
         both = (torch.cat([p[0], n[0]]), torch.cat([p[1], n[1]]))
@@ -490,9 +373,12 @@ def sample(
         z = (1.0 - s0) * start_latent.to(device=device, dtype=torch.float32) + s0 * z
     elif start_latent is not None:
         logger.info("denoise 1.0: start_latent is not used (sampling starts from pure noise)")
+    steps = args.steps
     total = steps - first
     if first:
-        logger.info("denoise %.3f: starting at sigma %.4f, running %d of %d steps", denoise, sched[first], total, steps)
+        logger.info(
+            "denoise %.3f: starting at sigma %.4f, running %d of %d steps", args.denoise, sched[first], total, steps
+        )
 
     for k, i in enumerate(range(first, steps)):
         if should_stop is not None and should_stop():

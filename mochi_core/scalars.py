@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import InvalidInputError
 
-__all__ = ["as_bool", "as_int", "as_real"]
+__all__ = ["as_bool", "as_int", "as_int_in", "as_real"]
 
 
 def _scalar(value: Any) -> Any:
@@ -37,6 +37,15 @@ def as_int(name: str, value: Any, *, what: str = "an integer") -> int:
         raise InvalidInputError(f"{name}={value!r} is not allowed: {name} must be {what}") from None
 
 
+def as_int_in(name: str, value: Any, *, low: int, high: int | None = None) -> int:
+    """An integer (as :func:`as_int` takes it) in ``[low, high]`` (no upper bound when ``high`` is None)."""
+    where = f"from {low} to {high}" if high is not None else f">= {low}"
+    v = as_int(name, value, what=f"an integer {where}")
+    if v < low or (high is not None and v > high):
+        raise InvalidInputError(f"{name}={value!r} is not allowed: {name} must be an integer {where}")
+    return v
+
+
 def as_real(name: str, value: Any, *, what: str = "a finite number") -> float:
     """A finite real number (int, float, numpy scalar, one-element tensor) as ``float``; bools are refused."""
     v = _scalar(value)
@@ -48,12 +57,15 @@ def as_real(name: str, value: Any, *, what: str = "a finite number") -> float:
     return f
 
 
-def as_bool(name: str, value: Any) -> bool:
+def as_bool(name: str, value: Any, *, none: str = "") -> bool | None:
     """True / False, numpy bools, and the integers 0 / 1 as ``bool``; anything else is refused (a string "no"
-    would otherwise be True)."""
+    would otherwise be True). ``none``: None is allowed too and means this (e.g. "let the planner choose")."""
     v = _scalar(value)
+    if v is None and none:
+        return None
     if isinstance(v, bool) or type(v).__name__ == "bool_":
         return bool(v)
     if isinstance(v, numbers.Integral) and int(v) in (0, 1):
         return bool(int(v))
-    raise InvalidInputError(f"{name}={value!r} is not allowed: use True or False")
+    allowed = f"True, False or None ({none})" if none else "True or False"
+    raise InvalidInputError(f"{name}={value!r} is not allowed: use {allowed}")

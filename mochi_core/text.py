@@ -31,7 +31,8 @@ from . import ops
 from .errors import InvalidInputError, MissingBackendError, UnsupportedCheckpointError
 from .formats.io import open_checkpoint
 from .formats.t5 import T5Layout, T5Shape, inspect_t5
-from .precision import FLOAT8_DTYPES, dtype_name, parse_dtype, storage_dtype_for
+from .options import T5Options, renamed
+from .precision import FLOAT8_DTYPES, dtype_name, storage_dtype_for
 
 __all__ = ["MAX_T5_TOKENS", "T5Tokenizer", "TextEncoder", "find_tokenizer", "load_tokenizer", "load_text_encoder"]
 
@@ -343,24 +344,27 @@ def load_text_encoder(
     *,
     tokenizer: str | os.PathLike[str] | T5Tokenizer | None = None,
     device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
+    compute_dtype: str | torch.dtype | None = None,
     storage_dtype: str | torch.dtype | None = None,
+    options: T5Options | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> TextEncoder:
     """Load a T5 v1.1 encoder from a Comfy ``t5xxl_fp16`` / ``t5xxl_fp8_e4m3fn`` / ``_scaled`` file, an HF sharded
     folder (or its ``*.index.json``), or the Comfy all-in-one file.
 
-    ``dtype``: compute dtype (default float32; bfloat16 allowed on CUDA; float16 refused: T5 overflows).
-    ``storage_dtype``: convert the Linear weights to this storage dtype (``fp8_*`` becomes scaled fp8);
-    None keeps the file's storage. ``tokenizer``: see :func:`find_tokenizer`; resolved at once, so a missing
-    tokenizer fails before the weights are read.
+    ``compute_dtype`` (earlier name: ``dtype``): default float32; bfloat16 allowed; float16 refused (T5
+    overflows). ``storage_dtype``: convert the Linear weights to this storage dtype (``fp8_*`` becomes scaled
+    fp8); None keeps the file's storage. ``options``: device and dtypes already resolved
+    (:class:`~mochi_core.options.T5Options`). ``tokenizer``: see :func:`find_tokenizer`; resolved at once, so a
+    missing tokenizer fails before the weights are read.
     """
-    from .devices import check_device
-
-    dev = check_device(device)
-    compute = parse_dtype(dtype, what="dtype") or torch.float32
-    if compute == torch.float16 or compute in FLOAT8_DTYPES:
-        raise InvalidInputError(f"dtype={dtype_name(compute)} is not allowed for T5 (overflows); allowed: fp32, bf16")
-    requested = parse_dtype(storage_dtype, what="storage_dtype")
+    if options is None:
+        names: dict[str, str] = {}
+        compute_dtype = renamed("dtype", dtype, "compute_dtype", compute_dtype, names)
+        options = T5Options.resolve(
+            device=device, compute_dtype=compute_dtype, storage_dtype=storage_dtype, names=names
+        )
+    dev, compute, requested = options.device, options.compute_dtype, options.storage_dtype
     tok = tokenizer if isinstance(tokenizer, T5Tokenizer) else load_tokenizer(tokenizer)
     with open_checkpoint(path) as ckpt:
         layout = inspect_t5(ckpt, path=str(path))

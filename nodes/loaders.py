@@ -187,7 +187,7 @@ class MochiDiTLoader:
             )
             with host.relative_paths("diffusion_models"):
                 return mochi_core.load_dit(
-                    path, device=device, dtype=_dit_compute_dtype(), storage_dtype=storage, attention=attention
+                    path, device=device, compute_dtype=_dit_compute_dtype(), storage_dtype=storage, attention=attention
                 )
 
         model = _cached(key, load)
@@ -339,7 +339,7 @@ class MochiT5Loader:
             logger.info("Mochi: loading T5 %s (storage %s, compute %s) on %s", t5_name, weight_dtype, dtype, device)
             with host.relative_paths("text_encoders"):
                 return mochi_core.load_text_encoder(
-                    path, tokenizer=tok, device=device, dtype=dtype, storage_dtype=storage
+                    path, tokenizer=tok, device=device, compute_dtype=dtype, storage_dtype=storage
                 )
 
         return (_cached(key, load),)

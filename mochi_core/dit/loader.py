@@ -15,12 +15,11 @@ import torch
 from torch import nn
 
 from .. import ops, precision
-from ..checks import check_storage_dtype
-from ..devices import check_device
 from ..errors import UnsupportedCheckpointError
 from ..formats.detect import DIT, require_component
 from ..formats.dit import DiTLayout, DiTSource, detect_dit_layout, read_source
 from ..formats.io import Checkpoint, open_checkpoint
+from ..options import DIT_STORAGE, DiTOptions, renamed, resolve_dtype
 from .config import DiTConfig
 from .model import AsymmDiT
 
@@ -29,12 +28,11 @@ __all__ = ["load_dit", "read_dit_header", "parse_storage", "COMPUTE_DTYPES"]
 logger = logging.getLogger(__name__)
 
 COMPUTE_DTYPES = precision.COMPUTE_DTYPES  # re-exported; the policy lives in mochi_core.precision
-QUANTIZED_TARGETS = ("q8_0", "q4_0")
 
 
 def parse_storage(value: str | torch.dtype | None) -> torch.dtype | str | None:
-    """None (keep as stored), a float dtype / name from ``precision.STORAGE_DTYPES``, or "q8_0" / "q4_0"."""
-    return check_storage_dtype(value, name="storage_dtype", quantized=QUANTIZED_TARGETS)
+    """None (keep as stored), a float dtype / name of :mod:`mochi_core.dtypes`, or "q8_0" / "q4_0"."""
+    return resolve_dtype(value, what="storage_dtype", choice=DIT_STORAGE)
 
 
 def _resolve_path(path: str | os.PathLike[str]) -> Path:
@@ -151,32 +149,36 @@ def load_dit(
     path: str | os.PathLike[str],
     *,
     device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
+    compute_dtype: str | torch.dtype | None = None,
     storage_dtype: str | torch.dtype | None = None,
     attention: str = "sdpa",
+    options: DiTOptions | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> AsymmDiT:
     """Load a Mochi DiT from any published layout (official, Comfy bf16 / scaled fp8 / all-in-one, Kijai bf16 /
     fp8 / GGUF Q8_0 / Q4_0, diffusers file or sharded folder).
 
     ``device``: cpu, cuda, cuda:N (checked first: an unusable device is refused before the file is opened).
-    ``dtype``: compute dtype fp32 / bf16 / fp16 (default: ``precision.default_compute_dtype`` of the device).
-    ``storage_dtype``: None keeps the weights as stored; a float dtype name (fp32, bf16, fp16, fp8_e4m3fn,
-    fp8_e5m2) or "q8_0" / "q4_0" converts Linear weights (fp8 targets use a per-tensor scale; biases never go to
-    fp8) except the high-precision skip list. ``attention``: "sdpa", "flash", "sage".
+    ``compute_dtype``: fp32 / bf16 / fp16 (default: ``precision.default_compute_dtype`` of the device; ``dtype``
+    is its earlier name). ``storage_dtype``: None keeps the weights as stored; a float dtype name (fp32, bf16,
+    fp16, fp8_e4m3fn, fp8_e5m2) or "q8_0" / "q4_0" converts Linear weights (fp8 targets use a per-tensor scale;
+    biases never go to fp8) except the high-precision skip list. ``attention``: "sdpa", "flash", "sage".
+    ``options``: these four already resolved (:class:`~mochi_core.options.DiTOptions`); the keywords are then unused.
     Returns the model in eval mode, ``requires_grad`` False, with ``.config`` and ``.checkpoint_format``.
     """
-    from .attention import check_backend
-
-    backend = check_backend(attention)
-    dev = check_device(device)
-    compute = precision.check_compute_dtype("dtype", dtype, device=dev)
-    target = parse_storage(storage_dtype)
+    if options is None:
+        names: dict[str, str] = {}
+        compute_dtype = renamed("dtype", dtype, "compute_dtype", compute_dtype, names)
+        options = DiTOptions.resolve(
+            device=device, compute_dtype=compute_dtype, storage_dtype=storage_dtype, attention=attention, names=names
+        )
+    dev, target = options.device, options.storage_dtype
     p = _resolve_path(path)
     with open_checkpoint(p) as ckpt:
         source = p.name
         layout, cfg = _inspect(ckpt, p)
         logger.info("DiT %s: layout %s, %s, storage %s", source, layout.name, cfg, target or "as stored")
-        model = AsymmDiT(cfg, device="meta", compute_dtype=compute, attention=backend)
+        model = AsymmDiT(cfg, device="meta", compute_dtype=options.compute_dtype, attention=options.attention)
         for key, src in layout.sources.items():
             _install(model, key, src, ckpt, layout.prefix, target, dev)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]

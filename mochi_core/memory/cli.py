@@ -29,9 +29,9 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Predict the peak memory of each phase (text encoding, sampling, decoding) of one generation "
         "and choose block streaming and decode tiles so it fits the budget.",
     )
-    p.add_argument("--width", type=int, default=848)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--frames", type=int, default=163, help="6k+1 frames")
+    from ..cli import add_size_arguments
+
+    add_size_arguments(p)
     p.add_argument("--budget", required=True, help="memory budget: 20GB, 12GiB, 500MB or bytes")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--dit-storage", default="fp8_e4m3fn", choices=list(DIT_STORAGES))
@@ -64,7 +64,7 @@ def run_plan(args: argparse.Namespace) -> int:
             args.width,
             args.height,
             args.frames,
-            budget_bytes=parse_bytes(args.budget),
+            budget_bytes=parse_bytes(args.budget, what="--budget"),
             device=args.device,
             dit_storage=args.dit_storage,
             t5_storage=args.t5_storage,
@@ -74,7 +74,9 @@ def run_plan(args: argparse.Namespace) -> int:
             batch_cfg=False if args.no_batch_cfg else None,
             prefetch=not args.no_prefetch,
             text_tokens=args.text_tokens,
-            reserve_bytes=args.reserve,
+            reserve_bytes=None
+            if args.reserve is None
+            else parse_bytes(args.reserve, what="--reserve", allow_zero=True),
         )
     except MochiError as exc:
         sys.stderr.write(f"error: {exc}\n")

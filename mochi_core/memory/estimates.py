@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .. import dtypes
 from ..errors import InvalidInputError
 from ..precision import keeps_high_precision
 
@@ -33,23 +34,15 @@ __all__ = [
     "decode_working_set_bytes",
 ]
 
-DIT_STORAGES = ("fp32", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "scaled_fp8", "q8_0", "q4_0")
-VAE_DTYPES = ("fp32", "bf16", "fp16")
+DIT_STORAGES = (*dtypes.TORCH_DTYPES, "scaled_fp8", *dtypes.QUANTIZED)
+VAE_DTYPES = tuple(dtypes.COMPUTE_DTYPES)
 ATTENTIONS = ("sdpa", "flash", "sage", "math")
-_DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8_e4m3fn": 1, "fp8_e5m2": 1, "scaled_fp8": 1}
-_ALIASES = {
-    "float32": "fp32",
-    "bfloat16": "bf16",
-    "float16": "fp16",
-    "fp8": "fp8_e4m3fn",
-    "float8_e4m3fn": "fp8_e4m3fn",
-}
+_DTYPE_BYTES = {k: int(v) for k, v in dtypes.BYTES.items() if k not in dtypes.QUANTIZED}
 
 
 def _norm_storage(value: object, what: str, allowed: tuple[str, ...]) -> str:
-    """``value`` (a name, an alias such as 'bfloat16', or a ``torch.dtype``) as one of ``allowed``."""
-    name = str(value).strip().lower().removeprefix("torch.")
-    key = _ALIASES.get(name, name)
+    """``value`` (a name or alias of :mod:`mochi_core.dtypes`, or a ``torch.dtype``) as one of ``allowed``."""
+    key = dtypes.canonical_name(value)
     if key not in allowed:
         raise InvalidInputError(f"{what}={value!r} is not supported; allowed: {', '.join(allowed)}")
     return key

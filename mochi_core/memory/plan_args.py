@@ -7,12 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InvalidInputError
-from .units import parse_bytes
+from ..units import parse_bytes
 
 __all__ = [
-    "check_int",
-    "check_optional_bool",
-    "check_bool",
     "check_frame_size",
     "check_plan_device",
     "check_reserve",
@@ -21,41 +18,11 @@ __all__ = [
 ]
 
 
-def check_int(name: str, value: Any, *, low: int, high: int | None = None) -> int:
-    """An ``int`` (not a bool) in ``[low, high]``."""
-    where = f"from {low} to {high}" if high is not None else f">= {low}"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInputError(f"{name}={value!r} must be an integer {where}")
-    if value < low or (high is not None and value > high):
-        raise InvalidInputError(f"{name}={value} is out of range; it must be an integer {where}")
-    return value
-
-
-def check_bool(name: str, value: Any) -> bool:
-    """``True`` or ``False`` (no strings, no numbers: ``"no"`` would read as true)."""
-    if not isinstance(value, bool):
-        raise InvalidInputError(f"{name}={value!r} must be True or False")
-    return value
-
-
-def check_optional_bool(name: str, value: Any) -> bool | None:
-    """``True``, ``False`` or ``None`` (= let the planner choose)."""
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise InvalidInputError(f"{name}={value!r} must be True, False or None (let the planner choose)")
-    return value
-
-
 def check_frame_size(width: Any, height: Any, frames: Any) -> tuple[int, int, int]:
-    """Mochi sizes (mochi-spec.md §3.6): width and height positive multiples of 16, frames 6k+1."""
-    for name, v in (("width", width), ("height", height), ("frames", frames)):
-        check_int(name, v, low=1)
-    if width % 16 or height % 16:
-        raise InvalidInputError(f"width and height must be multiples of 16; got {width}x{height}")
-    if (frames - 1) % 6:
-        raise InvalidInputError(f"frames={frames} is not allowed: frames must be 6k+1 (e.g. 7, 31, 85, 163)")
-    return width, height, frames
+    """Mochi sizes, by the one rule of every entry point (:func:`mochi_core.options.check_size`)."""
+    from ..options import check_size
+
+    return check_size(width, height, frames)
 
 
 def check_plan_device(device: Any) -> str:

@@ -38,7 +38,10 @@ from typing import Any
 import torch
 
 from ..errors import DoesNotFitError
+from ..options import DecodeOptions, StreamingSpec
 from ..precision import default_compute_dtype, dtype_name
+from ..scalars import as_bool, as_int_in
+from ..units import GB, format_bytes, parse_bytes
 from .estimates import (
     _DTYPE_BYTES,
     ATTENTIONS,
@@ -55,17 +58,7 @@ from .estimates import (
     t5_weight_bytes,
 )
 from .phases import PhaseModel, PhasePeak
-from .plan_args import (
-    check_bool,
-    check_decode_tile,
-    check_frame_size,
-    check_instance,
-    check_int,
-    check_optional_bool,
-    check_plan_device,
-    check_reserve,
-)
-from .units import GB, format_bytes, parse_bytes
+from .plan_args import check_decode_tile, check_frame_size, check_instance, check_plan_device, check_reserve
 
 __all__ = [
     "Plan",
@@ -140,7 +133,7 @@ class Plan:
     decode_norm: str = "tile"
     decode_tile_forced: bool = False
 
-    # -- the attributes `mochi_core.pipeline.generate(plan=...)` reads ------------------------------
+    # -- what the pipeline and the nodes apply (a plan never changes a model) -----------------------
     @property
     def dit_storage_dtype(self) -> str | None:
         """Storage conversion for ``load_dit`` (None: keep the file's)."""
@@ -172,35 +165,32 @@ class Plan:
         """Where to load the DiT: on the device when all blocks are resident, else on the CPU (then streamed)."""
         return "cpu" if self.streaming else self.device
 
-    def prepare_dit(self, model: Any, device: Any) -> Any:
-        """Install block streaming on a loaded DiT when the plan streams; otherwise return it unchanged."""
-        if not self.streaming:
-            return model
-        from .streaming import enable_block_streaming
-
-        model._mochi_streamer = enable_block_streaming(
-            model, self.resident_blocks, device=device, prefetch=self.prefetch
-        )
-        return model
+    @property
+    def dit_streaming(self) -> StreamingSpec:
+        """Which DiT blocks stay on the device; the pipeline (or a node) installs streaming when it streams."""
+        return StreamingSpec(self.resident_blocks, self.depth, self.prefetch)
 
     @property
     def t5_load_device(self) -> str:
         """Where to load T5: the device when all its layers are resident, else the CPU (then streamed)."""
         return "cpu" if self.t5_resident_blocks < self.t5_layers else self.device
 
-    def prepare_t5(self, encoder: Any, device: Any) -> Any:
-        """Stream T5 layers (``encoder.model.encoder.block``) when the plan says so; sets ``encoder.device``."""
-        if self.t5_resident_blocks >= self.t5_layers:
-            return encoder
-        from .streaming import enable_block_streaming
+    @property
+    def t5_streaming(self) -> StreamingSpec:
+        """Which T5 layers stay on the device (``encoder.block``)."""
+        return StreamingSpec(self.t5_resident_blocks, self.t5_layers, self.prefetch)
 
-        model = getattr(encoder, "model", encoder)
-        model._mochi_streamer = enable_block_streaming(
-            model, self.t5_resident_blocks, device=device, prefetch=self.prefetch, blocks=model.encoder.block
+    def decode_options(self) -> DecodeOptions:
+        """The decode's tiling: the forced tile, or the decode budget the tiles are chosen from."""
+        return DecodeOptions(memory_budget=self.memory_budget, tile=self.tile)
+
+    def tile_text(self) -> str:
+        """The decode tile with its units: ``3 latent frames x 60x106 latents (13 frames, 480x848 px) x4 tiles``."""
+        t, h, w = self.decode_tile
+        return (
+            f"tile {t} latent frames x {h}x{w} latents (up to {6 * t} frames of {8 * w}x{8 * h} px), "
+            f"{self.decode_tiles} tile{'s' if self.decode_tiles != 1 else ''}"
         )
-        if hasattr(encoder, "device"):
-            encoder.device = torch.device(device)
-        return encoder
 
     def phase(self, name: str) -> PhasePeak:
         for p in self.phases:
@@ -227,8 +217,7 @@ class Plan:
             f"DiT {self.dit_storage}: {self.resident_blocks}/{self.depth} blocks resident"
             + (" (streaming)" if self.streaming else "")
             + f", CFG batched: {self.batch_cfg}; T5 {self.t5_storage}: {self.t5_resident_blocks}/{self.t5_layers} layers "
-            f"resident; decode tile {self.decode_tile} x{self.decode_tiles}"
-            + (" (forced)" if self.decode_tile_forced else ""),
+            f"resident; decode {self.tile_text()}" + (" (forced)" if self.decode_tile_forced else ""),
         ]
         for p in self.phases:
             lines.append(
@@ -296,17 +285,17 @@ def plan(
     cfg = check_instance("dit_config", dit_config, DiTConfig, "mochi_core.dit.config") or DiTConfig()
     t5s = check_instance("t5_sizes", t5_sizes, T5Sizes, "mochi_core.memory.T5Sizes") or T5Sizes()
     dcfg = check_instance("decoder_config", decoder_config, DecoderConfig, "mochi_core.vae.config") or DecoderConfig()
-    batch_cfg = check_optional_bool("batch_cfg", batch_cfg)
-    prefetch = check_bool("prefetch", prefetch)
+    batch_cfg = as_bool("batch_cfg", batch_cfg, none="let the planner choose")
+    prefetch = bool(as_bool("prefetch", prefetch))
     if text_tokens is None:
         l_txt = cfg.t5_token_length
     else:
-        l_txt = check_int("text_tokens", text_tokens, low=0, high=cfg.t5_token_length)
+        l_txt = as_int_in("text_tokens", text_tokens, low=0, high=cfg.t5_token_length)
     forced_tile = check_decode_tile(decode_tile)
     reserve = check_reserve(reserve_bytes, dev)
     if resident_blocks is not None:
-        check_int("resident_blocks", resident_blocks, low=0, high=cfg.depth)
-    batch = check_int("batch", batch, low=1, high=64)
+        resident_blocks = as_int_in("resident_blocks", resident_blocks, low=0, high=cfg.depth)
+    batch = as_int_in("batch", batch, low=1, high=64)
 
     backend = attention_backend(dev, attention, _DTYPE_BYTES[cdt], cfg.head_dim)
     model = PhaseModel(

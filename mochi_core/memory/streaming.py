@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
+from ..options import StreamingSpec
 from .pages import PageReleaser
 from .pinning import CudaHostRegistrar, PinnedBlock, PinPolicy, pin_block
 
@@ -53,6 +54,7 @@ __all__ = [
     "BlockStreamer",
     "CudaPrefetcher",
     "PinPolicy",
+    "apply_streaming",
     "StreamingStats",
     "enable_block_streaming",
     "block_nbytes",
@@ -537,3 +539,13 @@ def enable_block_streaming(
         blocks=blocks,
         copy_on_load=copy_on_load,
     )
+
+
+def apply_streaming(
+    model: nn.Module, spec: StreamingSpec | None, *, device: torch.device | str, blocks: nn.ModuleList | None = None
+) -> BlockStreamer | None:
+    """Install the streaming a plan specifies (:attr:`mochi_core.memory.planner.Plan.dit_streaming`) on a model
+    its caller loaded; None when ``spec`` is None or keeps every block resident (the model is then untouched)."""
+    if spec is None or not spec.streams:
+        return None
+    return enable_block_streaming(model, spec.resident_blocks, device=device, prefetch=spec.prefetch, blocks=blocks)

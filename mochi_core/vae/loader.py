@@ -21,8 +21,8 @@ from ..devices import check_device
 from ..errors import InvalidInputError, UnsupportedCheckpointError
 from ..formats.io import Checkpoint, open_checkpoint
 from ..formats.vae import mapped_shapes, vae_key_map
-from ..precision import FLOAT8_DTYPES, check_compute_dtype, default_compute_dtype, dtype_name, parse_dtype
-from ..scalars import as_real
+from ..options import VAE_COMPUTE, VAE_STORAGE, DecodeOptions, VAEOptions, renamed, resolve_dtype
+from ..precision import FLOAT8_DTYPES, default_compute_dtype
 from .config import DecoderConfig, EncoderConfig
 from .decoder import Decoder
 from .encoder import Encoder
@@ -35,21 +35,13 @@ log = logging.getLogger(__name__)
 
 #: Storage dtypes the VAE may be converted to. No fp8: the VAE's convs have no per-tensor scales (an unscaled fp8
 #: weight or bias loses too much), and the whole decoder is only 0.7 GB in bf16.
-VAE_STORAGE_DTYPES = ("fp32", "bf16", "fp16")
+VAE_STORAGE_DTYPES = VAE_STORAGE.names
 
 
 def check_vae_storage_dtype(dtype: str | torch.dtype | None, *, what: str = "dtype") -> torch.dtype | None:
-    """The VAE storage conversion asked for (None / "auto": keep the file's dtype); refuses fp8 and unknown names
-    with :class:`InvalidInputError` naming ``what`` and the allowed values."""
-    hint = f"allowed: {', '.join(VAE_STORAGE_DTYPES)} or 'auto' (keep the file's)"
-    try:
-        parsed = parse_dtype(dtype, what=what)
-    except InvalidInputError:
-        raise InvalidInputError(f"{what}={dtype!r} is not a VAE storage dtype; {hint}") from None
-    if parsed is not None and dtype_name(parsed) not in VAE_STORAGE_DTYPES:
-        why = " (fp8 storage is for the DiT and T5: the VAE has no fp8 scales)" if parsed in FLOAT8_DTYPES else ""
-        raise InvalidInputError(f"{what}={dtype_name(parsed)} is not a VAE storage dtype{why}; {hint}")
-    return parsed
+    """The VAE storage conversion asked for (None / "auto": keep the file's); the one rule of
+    :data:`mochi_core.options.VAE_STORAGE`."""
+    return resolve_dtype(dtype, what=what, choice=VAE_STORAGE)  # type: ignore[return-value]
 
 
 def _install(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
@@ -141,7 +133,7 @@ class VAE:
         """Move the weights to ``device`` (storage dtype kept) and optionally set the compute dtype (fp32, bf16,
         fp16). Both are validated before anything moves."""
         dev = check_device(device)
-        compute = check_compute_dtype("dtype", dtype, device=dev) if dtype is not None else None
+        compute = resolve_dtype(dtype, what="dtype", choice=VAE_COMPUTE, device=dev) if dtype is not None else None
         for m in (self.decoder, self.encoder):
             if m is not None:
                 m.to(dev)
@@ -198,13 +190,10 @@ class VAE:
     def plan_decode(self, latent_shape: tuple[int, ...], memory_budget: int) -> TilePlan:
         """The tile plan :meth:`decode` would use for ``memory_budget`` bytes (raises DoesNotFitError)."""
         cfg = self._decode_config(latent_shape)
-        try:
-            budget = as_real("memory_budget", memory_budget)
-        except InvalidInputError:
-            budget = -1.0
-        if budget < 1:
-            raise InvalidInputError(f"memory_budget must be a positive number of bytes; got {memory_budget!r}")
-        return choose_tiles(tuple(latent_shape), int(budget), cfg, self.dtype)
+        budget = DecodeOptions.resolve(memory_budget=memory_budget).memory_budget
+        if budget is None:
+            raise InvalidInputError("memory_budget is required to plan the decode tiles")
+        return choose_tiles(tuple(latent_shape), budget, cfg, self.dtype)
 
     def working_set_bytes(self, latent_shape: tuple[int, ...], tile: TilePlan | int | tuple[int, ...]) -> int:
         """Estimated peak bytes of :meth:`decode` with ``tile`` (output accumulator included)."""
@@ -221,6 +210,7 @@ class VAE:
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         share: TileShare | None = None,
+        options: DecodeOptions | None = None,
     ) -> torch.Tensor | None:
         """latent (B, 12, T, H, W) in VAE space (un-normalised) -> video (B, 3, 6(T-1)+1, 8H, 8W) float32 in ~[-1, 1].
 
@@ -229,15 +219,15 @@ class VAE:
         (frames, height, width[, overlap]) in latent units. Neither: one whole decode. progress(i, n) after each
         tile x chunk; should_stop() before each (raises MochiInterrupted). share: the tiles are spread over the
         ranks of a multi-process run (:mod:`mochi_core.parallel.vae`); only the root rank gets the video (others None).
+        ``options``: memory_budget and tile already resolved (:class:`~mochi_core.options.DecodeOptions`).
         """
         self._check_latent(latent)
         assert self.decoder is not None
-        if memory_budget is not None and tile is not None:
-            raise InvalidInputError("pass either memory_budget or tile, not both")
-        if memory_budget is not None:
-            plan = self.plan_decode(tuple(latent.shape), memory_budget)
-        elif tile is not None:
-            plan = TilePlan.parse(tile)
+        opts = options or DecodeOptions.resolve(memory_budget=memory_budget, tile=tile)
+        if opts.memory_budget is not None:
+            plan = choose_tiles(tuple(latent.shape), opts.memory_budget, self.decoder.config, self.dtype)
+        elif opts.tile is not None:
+            plan = opts.tile
         else:
             plan = TilePlan(latent.shape[2], latent.shape[3], latent.shape[4], 0)
         z = latent.to(device=self.device, dtype=self.dtype)
@@ -295,20 +285,27 @@ def load_vae(
     path: str | os.PathLike[str],
     *,
     device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
+    storage_dtype: str | torch.dtype | None = None,
     compute_dtype: str | torch.dtype | None = None,
+    options: VAEOptions | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> VAE:
-    """Load a Mochi VAE file (decoder and/or encoder; every published layout, mochi-spec.md §7) into a :class:`VAE`.
+    """Load a Mochi VAE file (decoder and/or encoder; every published layout) into a :class:`VAE`.
 
-    device: "cpu", "cuda", "cuda:N", ... (refused when not usable here). dtype: storage dtype for the weights, fp32 /
-    bf16 / fp16 (None keeps the file's dtype; fp8 is refused: the VAE has no fp8 scales and is small).
-    compute_dtype: dtype of activations, fp32 / bf16 / fp16 (default: float32 on CPU, bfloat16 on CUDA). Every
+    device: "cpu", "cuda", "cuda:N", ... (refused when not usable here). storage_dtype (earlier name: dtype):
+    storage dtype for the weights, fp32 / bf16 / fp16 (None keeps the file's dtype; fp8 is refused: the VAE has no
+    fp8 scales and is small). compute_dtype: dtype of activations, fp32 / bf16 / fp16 (default: float32 on CPU,
+    bfloat16 on CUDA). ``options``: all three already resolved (:class:`~mochi_core.options.VAEOptions`). Every
     argument is checked before the file is opened. The configuration is inferred from tensor shapes. Refuses DiT /
     T5 files, unknown layouts, truncated files and pickles.
     """
-    dev = check_device(device)
-    storage = check_vae_storage_dtype(dtype, what="dtype")
-    compute = check_compute_dtype("compute_dtype", compute_dtype, device=dev)
+    if options is None:
+        names: dict[str, str] = {}
+        storage_dtype = renamed("dtype", dtype, "storage_dtype", storage_dtype, names)
+        options = VAEOptions.resolve(
+            device=device, storage_dtype=storage_dtype, compute_dtype=compute_dtype, names=names
+        )
+    dev, storage, compute = options.device, options.storage_dtype, options.compute_dtype
     with open_checkpoint(path) as ckpt:
         kmap = vae_key_map(ckpt.keys(), path=str(path))
         dec = enc = None

@@ -41,7 +41,7 @@ from typing import Protocol
 import torch
 
 from ..errors import DoesNotFitError, InvalidInputError, MochiInterrupted
-from ..memory.units import format_bytes
+from ..units import format_bytes
 from .config import DecoderConfig
 from .decoder import Decoder
 from .layers import NormContext, frame_chunk

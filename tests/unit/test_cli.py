@@ -103,7 +103,7 @@ def test_parse_bytes() -> None:
     assert parse_bytes("20GB") == 20 * 10**9
     assert parse_bytes("18GiB") == 18 * 2**30
     assert parse_bytes("1.5GB") == 1_500_000_000
-    assert parse_bytes("4096") == 4096
+    assert parse_bytes("4096B") == 4096
     with pytest.raises(InvalidInputError, match="parsecs"):
         parse_bytes("20 parsecs")
 
@@ -236,3 +236,67 @@ def test_parse_bytes_names_the_option() -> None:
     with pytest.raises(InvalidInputError) as exc:
         parse_bytes("20 parsecs", name="--memory-budget")
     assert "--memory-budget" in str(exc.value) and "budget=" not in str(exc.value).replace("--memory-budget=", "")
+
+
+# ---------------------------------------------------------------------------------------------- one rule for both commands
+
+
+def test_plan_and_generate_share_the_size_defaults() -> None:
+    parser = build_parser()
+    gen = parser.parse_args(["generate", "--prompt", "x", "--dit", "d", "--vae", "v", "--t5", "t"])
+    plan = parser.parse_args(["plan", "--budget", "12GB"])
+    assert (gen.width, gen.height, gen.frames) == (plan.width, plan.height, plan.frames) == (848, 480, 31)
+
+
+@pytest.mark.parametrize(
+    "size, words",
+    [
+        (["--frames", "30"], "frames=30 is not allowed: Mochi needs 6k+1 frames (1, 7, 13, ..., 163); nearest valid counts: 25 or 31"),
+        (["--width", "50"], "width=50 is not allowed: it must be a positive multiple of 16 (e.g. 48 or 64)"),
+    ],
+)  # fmt: skip
+def test_plan_and_generate_refuse_a_size_with_the_same_message(tmp_path, capsys, size, words) -> None:
+    """The API, ``generate`` and ``plan`` check sizes with one rule (mochi_core.options.check_size)."""
+    from mochi_core.pipeline import generate
+
+    rc_gen = main(_gen("--out", str(tmp_path / "v.mp4"), *size))
+    err_gen = capsys.readouterr().err
+    rc_plan = main(["plan", "--budget", "12GB", *size])
+    err_plan = capsys.readouterr().err
+    assert rc_gen == rc_plan == 2
+    assert err_gen == err_plan == f"error: {words}\n"
+    key, value = size[0][2:], int(size[1])
+    with pytest.raises(InvalidInputError) as api:
+        generate("x", dit="d", vae="v", text_encoder="t", **{key: value})
+    assert str(api.value) == words
+
+
+@pytest.mark.parametrize("command", ["generate", "plan"])
+def test_a_budget_without_a_unit_is_refused_not_read_as_bytes(tmp_path, capsys, command) -> None:
+    args = _gen("--out", str(tmp_path / "v.mp4")) if command == "generate" else ["plan"]
+    rc = main([*args, "--budget", "12"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "--budget='12' has no unit: write 12GB" in err and "12GiB" in err
+
+
+def test_plan_prints_the_decode_tile_with_units(capsys) -> None:
+    assert main(["plan", "--frames", "163", "--budget", "12GB"]) == 0
+    out = capsys.readouterr().out
+    assert "decode tile 3 latent frames x 60x106 latents (up to 18 frames of 848x480 px), 10 tiles" in out
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--cfg", "nan"], "cfg=nan is not allowed: cfg must be a finite number >= 0"),
+        (["--cfg", "inf"], "cfg=inf is not allowed: cfg must be a finite number >= 0"),
+        (["--threshold-noise", "nan"], "threshold_noise=nan is not allowed"),
+        (["--memory-budget", "nan"], "--memory-budget='nan' is not a size"),
+        (["--budget", "inf"], "--budget='inf' is not a size"),
+    ],
+)
+def test_nan_and_inf_are_refused_before_anything_loads(tmp_path, capsys, extra, words) -> None:
+    rc = main(_gen("--out", str(tmp_path / "v.mp4"), *extra))
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err, err

@@ -88,9 +88,8 @@ def test_each_model_is_released_before_the_next_phase(models, t5_tokenizer_dir) 
     before_t5, before_dit = _alive(TextEncoder), _alive(AsymmDiT)
     seen: dict[str, int] = {}
 
-    def prepare_dit(model, device):
+    def during_sampling(step, total, x0):  # the sampler's callback runs inside the sampling phase
         seen["t5_during_sampling"] = _alive(TextEncoder) - before_t5
-        return model
 
     class WatchedVAE:
         def __init__(self, vae):
@@ -108,7 +107,7 @@ def test_each_model_is_released_before_the_next_phase(models, t5_tokenizer_dir) 
         tokenizer=t5_tokenizer_dir,
         steps=1,
         cfg=1.0,
-        plan={"prepare_dit": prepare_dit, "batch_cfg": False},
+        callback=during_sampling,
         **SIZE,
     )
     assert seen == {"t5_during_sampling": 0, "dit_during_decode": 0}
@@ -195,6 +194,9 @@ LATE = [  # (kwargs, words): each was only noticed after loading or sampling bef
     ({"seed": "7"}, ["seed='7'"]),
     ({"dtype": "fp8_e4m3fn"}, ["dtype=fp8_e4m3fn", "compute dtype"]),
     ({"dtype": "int3"}, ["dtype='int3'"]),
+    ({"compute_dtype": "int3"}, ["compute_dtype='int3'", "fp32, bf16, fp16"]),
+    ({"compute_dtype": "fp16", "dtype": "fp16"}, ["dtype= is the earlier name of compute_dtype="]),
+    ({"vae_compute_dtype": "fp8_e5m2"}, ["vae_compute_dtype=fp8_e5m2", "compute dtype"]),
     ({"vae_dtype": "fp8_e5m2"}, ["vae_dtype=fp8_e5m2", "compute dtype"]),
     ({"dit_storage_dtype": "q2_k"}, ["dit_storage_dtype='q2_k'", "q8_0"]),
     ({"t5_storage_dtype": "int8"}, ["t5_storage_dtype='int8'"]),
@@ -212,8 +214,9 @@ LATE = [  # (kwargs, words): each was only noticed after loading or sampling bef
     ({"start_latent": [[0.0]], "denoise": 0.5}, ["start_latent must be a torch.Tensor"]),
     ({"tile": "big"}, ["tile must be"]),
     ({"tile": (0, 4, 4)}, ["tile frames"]),
-    ({"memory_budget": -5}, ["memory_budget=-5", "positive int"]),
-    ({"memory_budget": "8GB"}, ["memory_budget='8GB'", "positive int"]),
+    ({"memory_budget": -5}, ["memory_budget=-5", "positive number of bytes"]),
+    ({"memory_budget": "8GB"}, ["memory_budget='8GB'", "positive number of bytes"]),
+    ({"memory_budget": float("nan")}, ["memory_budget=nan", "positive number of bytes"]),
     ({"memory_budget": 10**9, "tile": 2}, ["tile= cannot be combined with memory_budget="]),
     ({"device": "gpu"}, ["device='gpu'", "not a device"]),
     ({"device": "cuda:x"}, ["device='cuda:x'"]),
@@ -285,20 +288,40 @@ def test_generate_and_sample_refuse_sampling_arguments_with_the_same_check(model
 # ----------------------------------------------------------------------------------------------
 
 
-def test_plan_hooks_touch_only_models_the_pipeline_loaded(models, t5_tokenizer_dir) -> None:
-    prepared = []
+def _streaming_plan(models):
+    """A real plan for the tiny files, set to keep 1 DiT block resident and stream the others."""
+    from dataclasses import replace
 
-    def prepare_dit(model, device):
-        prepared.append(model)
-        return model
+    from mochi_core.memory import plan_for_files
+
+    p = plan_for_files(
+        **SIZE, budget_bytes="8GB", device="cpu", dit=models["dit"], text_encoder=models["t5"], vae=models["vae"]
+    )
+    return replace(p, resident_blocks=1, streaming=True, batch_cfg=False)
+
+
+def test_a_plan_streams_only_models_the_pipeline_loaded_and_never_changes_the_plan(models, t5_tokenizer_dir) -> None:
+    """The plan is passive: generate installs the streaming it specifies on the DiT it loads itself; a caller's
+    DiT keeps its placement (no streamer attached, all blocks as loaded) and the plan object is unchanged."""
+    from mochi_core.dit import AsymmDiT
+
+    plan = _streaming_plan(models)
+    before = plan.to_dict()
+    streamed: list[int] = []
+
+    def during_sampling(step, total, x0):
+        gc.collect()
+        for o in gc.get_objects():
+            if isinstance(o, AsymmDiT) and "_mochi_block_streamer" in o.__dict__:
+                streamed.append(o.__dict__["_mochi_block_streamer"].resident_blocks)
 
     dit = load_dit(models["dit"])
-    plan = {"prepare_dit": prepare_dit, "batch_cfg": False}
     kw = {"vae": models["vae"], "text_encoder": models["t5"], "tokenizer": t5_tokenizer_dir, "steps": 1, "cfg": 1.0}
-    generate("a cat", dit=dit, plan=plan, **kw, **SIZE)
-    assert prepared == []  # the caller's DiT: no block streaming installed on it
-    generate("a cat", dit=models["dit"], plan=plan, **kw, **SIZE)
-    assert len(prepared) == 1 and prepared[0] is not dit
+    generate("a cat", dit=dit, plan=plan, callback=during_sampling, **kw, **SIZE)
+    assert streamed == [] and "_mochi_block_streamer" not in dit.__dict__  # the caller's DiT: untouched
+    generate("a cat", dit=models["dit"], plan=plan, callback=during_sampling, **kw, **SIZE)
+    assert streamed == [1]  # the DiT loaded from the path streamed as the plan said
+    assert plan.to_dict() == before
 
 
 def test_decoded_video_leaves_the_device_before_any_further_work(models, t5_tokenizer_dir, monkeypatch) -> None:
@@ -435,15 +458,10 @@ def test_text_encoder_device_is_checked(models, t5_tokenizer_dir) -> None:
         load_text_encoder(models["t5"], tokenizer=t5_tokenizer_dir, device="gpu")
 
 
-@pytest.mark.parametrize(
-    "plan, words",
-    [
-        ({"tile": "abc"}, "tile must be"),
-        ({"attention": "xformers"}, "attention='xformers'"),
-        ({"batch_cfg": "no"}, "batch_cfg"),
-    ],
-)
-def test_values_from_a_plan_are_checked_before_any_work(models, t5_tokenizer_dir, no_work, plan, words) -> None:
+@pytest.mark.parametrize("plan", [{"batch_cfg": False}, {"tile": 1}, "8GB"])
+def test_a_plan_must_be_a_plan(models, t5_tokenizer_dir, no_work, plan) -> None:
+    """A plan is typed (the planner's Plan): its values were checked when it was made; anything else is refused
+    before any work, with what to pass instead."""
     args = {"dit": models["dit"], "vae": models["vae"], "text_encoder": models["t5"], "tokenizer": t5_tokenizer_dir}
-    with pytest.raises(InvalidInputError, match=words):
+    with pytest.raises(InvalidInputError, match=r"plan must be a Plan from mochi_core.plan .*; got (dict|str)"):
         generate("x", **args, steps=2, plan=plan, **SIZE)

@@ -59,11 +59,20 @@ def test_fp8_dit_bytes_match_the_loader(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "text, value",
-    [("20GB", 20 * GB), ("12GiB", 12 * 2**30), ("500MB", 500 * 10**6), ("1.5GB", 1_500_000_000), ("123", 123),
+    [("20GB", 20 * GB), ("12GiB", 12 * 2**30), ("500MB", 500 * 10**6), ("1.5GB", 1_500_000_000), ("123B", 123), ("0", None),
      (4096, 4096), ("12G", 12 * 2**30), ("8 gib", 8 * 2**30)],
 )  # fmt: skip
 def test_parse_bytes(text, value) -> None:
+    if value is None:  # zero: only where zero is allowed (a reserve)
+        assert parse_bytes(text, allow_zero=True) == 0
+        return
     assert parse_bytes(text) == value
+
+
+def test_a_size_string_without_unit_is_refused_not_read_as_bytes() -> None:
+    """ "12" typed as a budget means gigabytes to a user; reading it as 12 bytes would say "does not fit in 0.00 GB"."""
+    with pytest.raises(InvalidInputError, match=r"budget='12' has no unit: write 12GB .* 12GiB .* 12B"):
+        parse_bytes("12")
 
 
 @pytest.mark.parametrize("bad", ["", "GB", "12 parsecs", "-3GB", 0, -1, True, "1e3GB"])
@@ -75,20 +84,20 @@ def test_parse_bytes_rejects(bad) -> None:
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"text_tokens": -1}, r"text_tokens=-1 is out of range.*0 to 256"),
-        ({"text_tokens": 257}, r"text_tokens=257 is out of range"),
-        ({"text_tokens": "12"}, r"text_tokens='12' must be an integer"),
-        ({"text_tokens": 3.0}, r"text_tokens=3.0 must be an integer"),
+        ({"text_tokens": -1}, r"text_tokens=-1 is not allowed: text_tokens must be an integer from 0 to 256"),
+        ({"text_tokens": 257}, r"text_tokens=257 is not allowed: .* from 0 to 256"),
+        ({"text_tokens": "12"}, r"text_tokens='12' is not allowed: text_tokens must be an integer"),
+        ({"text_tokens": 3.0}, r"text_tokens=3.0 is not allowed: text_tokens must be an integer"),
         ({"reserve_bytes": -1}, r"reserve_bytes=-1 must be a 0 or more number of bytes"),
         ({"reserve_bytes": "lots"}, r"reserve_bytes='lots' is not a size"),
         ({"reserve_bytes": [1]}, r"reserve_bytes=\[1\] is not a size"),
-        ({"batch_cfg": "no"}, r"batch_cfg='no' must be True, False or None"),
-        ({"batch_cfg": 0}, r"batch_cfg=0 must be True, False or None"),
-        ({"prefetch": "yes"}, r"prefetch='yes' must be True or False"),
-        ({"resident_blocks": "3"}, r"resident_blocks='3' must be an integer from 0 to 48"),
-        ({"resident_blocks": -1}, r"resident_blocks=-1 is out of range"),
-        ({"resident_blocks": 49}, r"resident_blocks=49 is out of range.*0 to 48"),
-        ({"resident_blocks": True}, r"resident_blocks=True must be an integer"),
+        ({"batch_cfg": "no"}, r"batch_cfg='no' is not allowed: use True, False or None \(let the planner choose\)"),
+        ({"batch_cfg": 2}, r"batch_cfg=2 is not allowed: use True, False or None"),
+        ({"prefetch": "yes"}, r"prefetch='yes' is not allowed: use True or False"),
+        ({"resident_blocks": "3"}, r"resident_blocks='3' is not allowed: .* an integer from 0 to 48"),
+        ({"resident_blocks": -1}, r"resident_blocks=-1 is not allowed: .* from 0 to 48"),
+        ({"resident_blocks": 49}, r"resident_blocks=49 is not allowed: .* from 0 to 48"),
+        ({"resident_blocks": True}, r"resident_blocks=True is not allowed: .* an integer"),
         ({"decode_tile": "big"}, r"decode_tile='big' is not a tile"),
         ({"decode_tile": (0, 4, 4)}, r"decode_tile=\(0, 4, 4\) is not a tile.*frames must be a positive int"),
         ({"decode_tile": (1.5, 4, 4)}, r"decode_tile=\(1.5, 4, 4\) is not a tile"),
@@ -123,7 +132,7 @@ def test_plan_accepts_torch_names_and_reserve_sizes() -> None:
 def test_plan_rejects_bad_inputs() -> None:
     with pytest.raises(InvalidInputError, match="6k\\+1"):
         plan(848, 480, 100, budget_bytes="20GB")
-    with pytest.raises(InvalidInputError, match="multiples of 16"):
+    with pytest.raises(InvalidInputError, match="width=850 is not allowed: it must be a positive multiple of 16"):
         plan(850, 480, 163, budget_bytes="20GB")
     with pytest.raises(InvalidInputError, match="dit_storage"):
         plan(848, 480, 163, budget_bytes="20GB", dit_storage="int3")
@@ -299,7 +308,7 @@ def test_cli_plan_json(capsys) -> None:
 
 
 def test_cli_refuses_and_names_min_budget(capsys) -> None:
-    rc = plan_main(["plan", "--budget", "3GB"])
+    rc = plan_main(["plan", "--frames", "163", "--budget", "3GB"])
     captured = capsys.readouterr()
     assert rc == 3
     assert "smallest budget that fits" in captured.err
@@ -316,7 +325,7 @@ def test_cli_reserve_accepts_sizes_and_zero(capsys) -> None:
     assert plan_main(["plan", "--budget", "20GB", "--reserve", "1GiB", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["phases"][0]["reserve_bytes"] == 2**30
     assert plan_main(["plan", "--budget", "20GB", "--reserve", "lots"]) == 2
-    assert "reserve_bytes='lots' is not a size" in capsys.readouterr().err
+    assert "--reserve='lots' is not a size" in capsys.readouterr().err
 
 
 def test_python_m_mochi_core_plan() -> None:
@@ -349,5 +358,5 @@ def test_batch_prices_every_video_of_a_batched_latent() -> None:
     d1, d2 = one.phase("decoding"), two.phase("decoding")
     assert d2.weights_bytes == d1.weights_bytes and d2.other_bytes == 2 * d1.other_bytes
     assert d2.activation_bytes > 1.9 * d1.activation_bytes
-    with pytest.raises(InvalidInputError, match="batch=0 is out of range"):
+    with pytest.raises(InvalidInputError, match="batch=0 is not allowed: batch must be an integer from 1 to 64"):
         plan(848, 480, 31, budget_bytes="80GB", batch=0)

@@ -377,8 +377,8 @@ def test_check_sampling_args_is_the_one_check() -> None:
 def test_numpy_and_tensor_scalars_are_numbers() -> None:
     np = pytest.importorskip("numpy")
     from mochi_core.memory import plan
-    from mochi_core.memory.units import parse_bytes
     from mochi_core.sampling import check_sampling_args, linear_quadratic_schedule, make_noise
+    from mochi_core.units import parse_bytes
 
     assert linear_quadratic_schedule(np.int64(4), np.float32(0.025)) == linear_quadratic_schedule(
         4, float(np.float32(0.025))

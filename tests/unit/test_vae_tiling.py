@@ -255,7 +255,7 @@ def test_bad_latents(vae, latent, match):
     [
         ({"tile": (0, 4, 4)}, "frames must be a positive int"),
         ({"tile": "big"}, "tile must be"),
-        ({"tile": TilePlan(1, 4, 4, 1), "memory_budget": 10**9}, "either"),
+        ({"tile": TilePlan(1, 4, 4, 1), "memory_budget": 10**9}, "tile= cannot be combined with memory_budget="),
         ({"memory_budget": -5}, "positive number of bytes"),
         ({"memory_budget": "8GB"}, "positive number of bytes"),
     ],

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import re
 
-from ..errors import InvalidInputError
-from ..scalars import as_real
+from .errors import InvalidInputError
+from .scalars import as_real
 
 __all__ = ["GB", "GiB", "MB", "MiB", "parse_bytes", "format_bytes"]
 
@@ -35,11 +35,14 @@ _UNITS = {
     "m": MiB,
     "g": GiB,
 }
-_HINT = "use a number with an optional unit: B, KB, MB, GB, TB (powers of 10) or KiB, MiB, GiB, TiB (powers of 2)"
+_HINT = "use a number with a unit: B, KB, MB, GB, TB (powers of 10) or KiB, MiB, GiB, TiB (powers of 2)"
 
 
 def parse_bytes(value: str | int | float, *, what: str = "budget", allow_zero: bool = False) -> int:
-    """``"20GB"`` -> 20·10⁹, ``"12GiB"`` / ``"12G"`` -> 12·2³⁰, ``"500MB"``, ``"1.5GB"``, ``"123"`` / 123 -> bytes.
+    """``"20GB"`` -> 20·10⁹, ``"12GiB"`` / ``"12G"`` -> 12·2³⁰, ``"500MB"``, ``"1.5GB"``, ``"123B"`` / 123 -> bytes.
+
+    A string needs its unit (``"12"`` is refused: a user typing ``--budget 12`` means gigabytes, not 12 bytes);
+    ``"0"`` is allowed where zero is. Numbers (int, numpy, one-element tensors) are byte counts.
 
     ``what`` names the argument in error messages; ``allow_zero`` accepts 0 (a reserve, not a budget).
     Raises :class:`~mochi_core.errors.InvalidInputError` for anything else (negative, NaN, bool, unknown unit).
@@ -61,6 +64,11 @@ def parse_bytes(value: str | int | float, *, what: str = "budget", allow_zero: b
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _UNITS:
         raise InvalidInputError(f"{what}={value!r} is not a size; {_HINT}, e.g. 20GB or 12GiB")
+    if unit == "" and float(m.group(1)) != 0:  # "12" meant as GB would silently become 12 bytes
+        n = m.group(1)
+        raise InvalidInputError(
+            f"{what}={value!r} has no unit: write {n}GB ({n}·10^9 bytes), {n}GiB ({n}·2^30 bytes) or {n}B (bytes)"
+        )
     out = int(float(m.group(1)) * _UNITS[unit])
     if out < 0 or (out == 0 and not allow_zero):
         raise InvalidInputError(f"{what}={value!r} must be {least} bytes")

@@ -1,0 +1,491 @@
+"""What a user chooses, checked once: frozen option records for the DiT, T5, VAE, decode, sampling and the job.
+
+Every record has one ``resolve(...)`` classmethod. It is the only validator of its fields: it takes the values as
+callers pass them (names, aliases, numpy scalars, ``"auto"``), refuses a bad one with an
+:class:`~mochi_core.errors.InvalidInputError` naming the input and the allowed values, and returns the record
+with canonical values (``torch.device``, ``torch.dtype``, ints). The Python API, the command line and the nodes
+all call these functions, so one input gets one verdict and one message everywhere; ``names=`` only changes how
+an input is named in the message (``compute_dtype`` for the API, ``--compute-dtype`` for the CLI). Loaders and
+the sampler take resolved records and do not check again.
+
+Adding an option:
+1. add a field (with its default) to the record it belongs to (or a new frozen record for a new feature);
+2. validate it in that record's ``resolve`` only, naming it through ``names`` (``_Names``), with the shared
+   helpers below (:func:`resolve_dtype`, :func:`resolve_bytes`, :mod:`mochi_core.scalars`);
+3. take it as a keyword in the public entry points that need it (``generate``, a loader, the CLI flag, the node
+   widget), passing the raw value to ``resolve``; the code that uses it reads the resolved record;
+4. add a test that the API, the CLI and (where it has one) the node give the same message for a bad value.
+Dtype names and aliases live in :mod:`mochi_core.dtypes` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import dtypes
+from .devices import check_device
+from .errors import InvalidInputError
+from .scalars import as_bool, as_int, as_int_in, as_real
+
+__all__ = [
+    "DTypeChoice",
+    "DIT_COMPUTE",
+    "DIT_STORAGE",
+    "T5_COMPUTE",
+    "T5_STORAGE",
+    "VAE_COMPUTE",
+    "VAE_STORAGE",
+    "DiTOptions",
+    "T5Options",
+    "VAEOptions",
+    "DecodeOptions",
+    "SamplingOptions",
+    "JobOptions",
+    "StreamingSpec",
+    "resolve_dtype",
+    "resolve_bytes",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Dtypes: which names each choice accepts (the names themselves are in mochi_core.dtypes)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DTypeChoice:
+    """The dtype names one choice accepts. ``role`` "compute" or "storage"; ``model`` "DiT", "T5", "VAE";
+    ``notes``: why a known name is refused here, appended to the message."""
+
+    role: str
+    model: str
+    names: tuple[str, ...]
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def auto(self) -> str:
+        return "'auto'" if self.role == "compute" else "'auto' (keep the file's)"
+
+
+_FP8_NOTE = " (fp8 is a storage dtype: use it as storage_dtype)"
+DIT_COMPUTE = DTypeChoice("compute", "DiT", ("fp32", "bf16", "fp16"), {"fp8_e4m3fn": _FP8_NOTE, "fp8_e5m2": _FP8_NOTE})
+VAE_COMPUTE = DTypeChoice("compute", "VAE", ("fp32", "bf16", "fp16"), {"fp8_e4m3fn": _FP8_NOTE, "fp8_e5m2": _FP8_NOTE})
+T5_COMPUTE = DTypeChoice(
+    "compute",
+    "T5",
+    ("fp32", "bf16"),
+    {"fp16": " (T5 overflows in fp16)", "fp8_e4m3fn": _FP8_NOTE, "fp8_e5m2": _FP8_NOTE},
+)
+DIT_STORAGE = DTypeChoice("storage", "DiT", (*dtypes.TORCH_DTYPES, *dtypes.QUANTIZED))
+T5_STORAGE = DTypeChoice(
+    "storage", "T5", tuple(dtypes.TORCH_DTYPES), {k: " (GGUF storage is for the DiT)" for k in dtypes.QUANTIZED}
+)
+_VAE_FP8 = " (fp8 storage is for the DiT and T5: the VAE has no fp8 scales)"
+VAE_STORAGE = DTypeChoice(
+    "storage",
+    "VAE",
+    ("fp32", "bf16", "fp16"),
+    {"fp8_e4m3fn": _VAE_FP8, "fp8_e5m2": _VAE_FP8, "q8_0": _VAE_FP8, "q4_0": _VAE_FP8},
+)
+
+
+def resolve_dtype(
+    value: Any, *, what: str, choice: DTypeChoice, device: torch.device | str | None = None
+) -> torch.dtype | str | None:
+    """The one check of a dtype input. Returns the torch dtype (a quantized name such as ``"q8_0"`` stays a
+    string); for "auto" / None: the device's default compute dtype (fp32 for T5, and for a compute choice that
+    does not allow the default), or None for storage (keep the file's)."""
+    name = dtypes.canonical_name(value)
+    if name is None:
+        if choice.role == "storage":
+            return None
+        from .precision import default_compute_dtype
+
+        default = dtypes.dtype_name(default_compute_dtype(device or "cpu")) if choice.model != "T5" else "fp32"
+        return dtypes.TORCH_DTYPES[default if default in choice.names else "fp32"]
+    if name not in choice.names:
+        shown = name if name in dtypes.BYTES else repr(value)
+        note = choice.notes.get(name, "")
+        allowed = f"allowed: {', '.join(choice.names)} or {choice.auto}"
+        if choice.role == "compute":
+            raise InvalidInputError(f"{what}={shown} cannot be a compute dtype{note}; {allowed}")
+        raise InvalidInputError(f"{what}={shown} is not a {choice.model} storage dtype{note}; {allowed}")
+    return dtypes.TORCH_DTYPES.get(name, name)
+
+
+def resolve_bytes(value: Any, *, what: str, allow_zero: bool = False) -> int | None:
+    """None, or a byte count: an int of bytes or a size string with its unit ("12GB", "12GiB", "500MB")."""
+    if value is None:
+        return None
+    from .units import parse_bytes
+
+    return parse_bytes(value, what=what, allow_zero=allow_zero)
+
+
+def positive_bytes(value: Any, *, what: str) -> int | None:
+    """None, or a positive number of bytes (Python / numpy numbers, one-element tensors; 1e9 is fine), as an int."""
+    if value is None:
+        return None
+    message = f"{what}={value!r} is not allowed: {what} must be a positive number of bytes (e.g. 8 * 10**9) or None"
+    try:
+        number = as_real(what, value)
+    except InvalidInputError:
+        raise InvalidInputError(message) from None
+    if number < 1:
+        raise InvalidInputError(message)
+    return int(number)
+
+
+class _Names:
+    """How each input is named in messages: its field name unless ``names`` maps it (``--compute-dtype``)."""
+
+    def __init__(self, names: Mapping[str, str] | None) -> None:
+        self.names = dict(names or {})
+
+    def __call__(self, key: str) -> str:
+        return self.names.get(key, key)
+
+
+def _attention(value: Any, what: str) -> str:
+    from .dit.attention import check_backend
+
+    try:
+        return check_backend(value)
+    except InvalidInputError as exc:
+        if what == "attention":
+            raise
+        raise InvalidInputError(str(exc).replace("attention=", f"{what}=", 1)) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiTOptions:
+    """How the DiT is loaded: ``device`` (where the weights go), ``compute_dtype``, ``storage_dtype`` (None = as
+    stored; a torch dtype or "q8_0" / "q4_0"), ``attention`` (sdpa, flash, sage)."""
+
+    device: torch.device = torch.device("cpu")
+    compute_dtype: torch.dtype = torch.float32
+    storage_dtype: torch.dtype | str | None = None
+    attention: str = "sdpa"
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        device: Any = "cpu",
+        compute_dtype: Any = None,
+        storage_dtype: Any = None,
+        attention: Any = "sdpa",
+        names: Mapping[str, str] | None = None,
+    ) -> DiTOptions:
+        n = _Names(names)
+        attention = _attention(attention, n("attention"))
+        dev = check_device(device, what=n("device"))
+        compute = resolve_dtype(compute_dtype, what=n("compute_dtype"), choice=DIT_COMPUTE, device=dev)
+        storage = resolve_dtype(storage_dtype, what=n("storage_dtype"), choice=DIT_STORAGE)
+        return cls(dev, compute, storage, attention)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class T5Options:
+    """How T5 is loaded: ``device``, ``compute_dtype`` (fp32 by default, bf16 allowed; fp16 overflows),
+    ``storage_dtype`` (None = as stored)."""
+
+    device: torch.device = torch.device("cpu")
+    compute_dtype: torch.dtype = torch.float32
+    storage_dtype: torch.dtype | None = None
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        device: Any = "cpu",
+        compute_dtype: Any = None,
+        storage_dtype: Any = None,
+        names: Mapping[str, str] | None = None,
+    ) -> T5Options:
+        n = _Names(names)
+        dev = check_device(device, what=n("device"))
+        compute = resolve_dtype(compute_dtype, what=n("compute_dtype"), choice=T5_COMPUTE, device=dev)
+        storage = resolve_dtype(storage_dtype, what=n("storage_dtype"), choice=T5_STORAGE)
+        return cls(dev, compute, storage)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class VAEOptions:
+    """How the VAE is loaded: ``device``, ``compute_dtype`` (the device's default: bf16 on CUDA, fp32 on CPU),
+    ``storage_dtype`` (fp32, bf16, fp16; None = as stored)."""
+
+    device: torch.device = torch.device("cpu")
+    compute_dtype: torch.dtype = torch.float32
+    storage_dtype: torch.dtype | None = None
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        device: Any = "cpu",
+        compute_dtype: Any = None,
+        storage_dtype: Any = None,
+        names: Mapping[str, str] | None = None,
+    ) -> VAEOptions:
+        n = _Names(names)
+        storage = resolve_dtype(storage_dtype, what=n("storage_dtype"), choice=VAE_STORAGE)
+        dev = check_device(device, what=n("device"))
+        compute = resolve_dtype(compute_dtype, what=n("compute_dtype"), choice=VAE_COMPUTE, device=dev)
+        return cls(dev, compute, storage)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How the VAE decode is tiled: ``memory_budget`` (bytes for the working set; tiles planned from it) or
+    ``tile`` (a :class:`~mochi_core.vae.tiling.TilePlan`), not both; neither = the whole latent at once."""
+
+    memory_budget: int | None = None
+    tile: Any = None
+
+    @classmethod
+    def resolve(
+        cls, *, memory_budget: Any = None, tile: Any = None, names: Mapping[str, str] | None = None
+    ) -> DecodeOptions:
+        n = _Names(names)
+        budget = positive_bytes(memory_budget, what=n("memory_budget"))
+        if tile is not None:
+            from .vae.tiling import TilePlan
+
+            tile = TilePlan.parse(tile)
+        if budget is not None and tile is not None:
+            raise InvalidInputError(
+                f"{n('tile')}= cannot be combined with {n('memory_budget')}= or budget= (which sets the decode "
+                "budget): pass one"
+            )
+        return cls(budget, tile)
+
+
+@dataclass(frozen=True)
+class StreamingSpec:
+    """Which transformer blocks stay on the device: the first ``resident_blocks`` of ``depth``; the others are
+    streamed from host memory (``prefetch``: the next block is copied while the current one computes)."""
+
+    resident_blocks: int
+    depth: int
+    prefetch: bool = True
+
+    @property
+    def streams(self) -> bool:
+        return self.resident_blocks < self.depth
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling and the job
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Checked sampler settings. ``sigmas``: steps + 1 floats from the schedule or the caller; ``cfgs``: one
+    guidance scale per step; ``cfg``: the scalar ``cfg`` argument; ``denoise`` in (0, 1]; ``first``: index of the
+    first step that runs; ``batch_cfg``: cond and uncond as one DiT call."""
+
+    steps: int
+    sigmas: tuple[float, ...]
+    cfgs: tuple[float, ...]
+    cfg: float
+    denoise: float
+    first: int
+    batch_cfg: bool = True
+
+    @property
+    def needs_uncond(self) -> bool:
+        """True when some step runs the unconditional pass (cfg != 1)."""
+        return any(c != 1.0 for c in self.cfgs)
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        steps: Any,
+        cfg: Any,
+        threshold_noise: Any = 0.025,
+        linear_steps: Any = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
+        cfg_schedule: Sequence[float] | torch.Tensor | None = None,
+        denoise: Any = 1.0,
+        batch_cfg: Any = True,
+        has_start_latent: bool = False,
+    ) -> SamplingOptions:
+        """``steps`` >= 1; ``cfg`` a finite number >= 0 (may be None when ``cfg_schedule`` gives one value per
+        step); ``sigmas`` (steps + 1 values strictly decreasing to 0) or else the linear-quadratic schedule from
+        ``threshold_noise`` and ``linear_steps``; ``cfg_schedule`` one finite value >= 0 per step; ``denoise`` in
+        (0, 1], below 1 only with a start latent; ``batch_cfg`` True / False. No tensor work."""
+        from .sampling import linear_quadratic_schedule, validate_sigmas
+
+        steps = check_steps(steps)
+        if cfg_schedule is None:
+            cfg_value = finite_number("cfg", cfg, minimum=0.0)
+            cfgs = [cfg_value] * steps
+        else:
+            cfgs = _cfg_list(cfg_schedule, steps)
+            cfg_value = cfgs[0] if cfg is None else finite_number("cfg", cfg, minimum=0.0)
+        if sigmas is None:
+            sched = linear_quadratic_schedule(steps, threshold_noise, linear_steps)
+        else:
+            sched = validate_sigmas(sigmas, steps)
+        denoise = as_real("denoise", denoise, what="a number in (0, 1]")
+        if not (0.0 < denoise <= 1.0):
+            raise InvalidInputError(f"denoise={denoise!r} is not allowed: it must be in (0, 1]")
+        if denoise < 1.0 and not has_start_latent:
+            raise InvalidInputError(
+                "denoise < 1 needs a start_latent (video-to-video); use denoise=1.0 for text-to-video"
+            )
+        return cls(
+            steps=steps,
+            sigmas=tuple(sched),
+            cfgs=tuple(cfgs),
+            cfg=cfg_value,
+            denoise=float(denoise),
+            first=_start_index(sched, float(denoise)),
+            batch_cfg=as_bool("batch_cfg", batch_cfg),
+        )
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """One video: prompts, size (``width`` x ``height`` multiples of 16, ``frames`` 6k+1) and noise ``seed``."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    frames: int
+    seed: int
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        prompt: Any,
+        negative_prompt: Any = "",
+        width: Any = 848,
+        height: Any = 480,
+        frames: Any = 31,
+        seed: Any = 0,
+        names: Mapping[str, str] | None = None,
+    ) -> JobOptions:
+        n = _Names(names)
+        if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
+            raise InvalidInputError(f"{n('prompt')} and {n('negative_prompt')} must be strings")
+        w, h, f = check_size(width, height, frames, names=names)
+        return cls(prompt, negative_prompt, w, h, f, check_seed(seed, what=n("seed")))
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(12, T, H/8, W/8) of this video."""
+        return (12, (self.frames - 1) // 6 + 1, self.height // 8, self.width // 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared rules of single values
+# ----------------------------------------------------------------------------------------------
+
+#: Default video size of every entry point (API, CLI generate and plan, nodes): Mochi's training resolution and
+#: the frame count of Genmo's demos.
+DEFAULT_SIZE = {"width": 848, "height": 480, "frames": 31}
+
+
+def nearest_frame_counts(frames: int) -> tuple[int, int]:
+    """The valid counts (6k + 1) just below and just above ``frames`` (both 1 and 7 below 1)."""
+    lower = 6 * ((max(int(frames), 1) - 1) // 6) + 1
+    return lower, lower + 6
+
+
+def check_size(width: Any, height: Any, frames: Any, *, names: Mapping[str, str] | None = None) -> tuple[int, int, int]:
+    """(width, height, frames) as ints: frames 6k+1, width and height positive multiples of 16; integers of any
+    kind (Python, numpy, one-element tensors)."""
+    n = _Names(names)
+    w, h, f = (as_int(n(k), v) for k, v in (("width", width), ("height", height), ("frames", frames)))
+    if f < 1 or (f - 1) % 6:
+        lo, hi = nearest_frame_counts(f)
+        near = f"{lo} or {hi}" if f > 1 else f"{lo}"
+        raise InvalidInputError(
+            f"{n('frames')}={f} is not allowed: Mochi needs 6k+1 frames (1, 7, 13, ..., 163); nearest valid counts: "
+            f"{near}"
+        )
+    for key, value in (("height", h), ("width", w)):
+        if value < 16 or value % 16:
+            lo = max(16, value // 16 * 16)
+            raise InvalidInputError(
+                f"{n(key)}={value} is not allowed: it must be a positive multiple of 16 (e.g. {lo} or {lo + 16})"
+            )
+    return w, h, f
+
+
+def check_steps(steps: Any) -> int:
+    """``steps`` as an int >= 1."""
+    return as_int_in("steps", steps, low=1)
+
+
+def check_seed(seed: Any, *, what: str = "seed") -> int:
+    """A noise seed is an integer in [0, 2**64) (shown as "from 0 to 2**64 - 1"); returned as a Python int."""
+    value = as_int(what, seed, what="an integer in [0, 2**64)")
+    if not (0 <= value < 2**64):
+        raise InvalidInputError(f"{what}={seed!r} is not allowed: use an integer in [0, 2**64)")
+    return value
+
+
+def finite_number(name: str, value: Any, *, minimum: float) -> float:
+    """``value`` as a float that is finite and >= ``minimum``, or InvalidInputError naming ``name``."""
+    v = as_real(name, value, what=f"a finite number >= {minimum:g}")
+    if v < minimum:
+        raise InvalidInputError(f"{name}={value!r} is not allowed: {name} must be a finite number >= {minimum:g}")
+    return v
+
+
+def _cfg_list(cfg_schedule: Sequence[float] | torch.Tensor, steps: int) -> list[float]:
+    if hasattr(cfg_schedule, "tolist") and hasattr(cfg_schedule, "ndim"):  # torch tensor, numpy array
+        if cfg_schedule.ndim != 1:  # type: ignore[union-attr]
+            raise InvalidInputError(f"cfg_schedule must be 1-D (one value per step); got {tuple(cfg_schedule.shape)}")  # type: ignore[union-attr]
+        values: list[Any] = cfg_schedule.tolist()  # type: ignore[union-attr]
+    elif isinstance(cfg_schedule, (str, bytes, dict)) or not hasattr(cfg_schedule, "__iter__"):
+        raise InvalidInputError(
+            f"cfg_schedule must be a list of numbers, one per step ({steps}); got {type(cfg_schedule).__name__}"
+        )
+    else:
+        values = list(cfg_schedule)
+    if len(values) != steps:
+        raise InvalidInputError(f"cfg_schedule has {len(values)} entries; it needs one per step ({steps})")
+    return [finite_number("cfg", c, minimum=0.0) for c in values]
+
+
+def _start_index(sigmas: Sequence[float], denoise: float) -> int:
+    """First schedule index whose sigma <= denoise (at least one step is kept)."""
+    if denoise >= 1.0:
+        return 0
+    for i, s in enumerate(sigmas[:-1]):
+        if s <= denoise:
+            return i
+    return len(sigmas) - 2
+
+
+def renamed(
+    old: str, old_value: Any, new: str, new_value: Any, names: dict[str, str], *, key: str | None = None
+) -> Any:
+    """The value of an argument given under its earlier name ``old`` (with a DeprecationWarning) or ``new``;
+    ``names[key or new]`` then names it ``old`` in messages, as the caller wrote it."""
+    if old_value is None:
+        return new_value
+    import warnings
+
+    warnings.warn(f"{old}= is now called {new}=", DeprecationWarning, stacklevel=3)
+    if new_value is not None:
+        raise InvalidInputError(f"{old}= is the earlier name of {new}=: pass only {new}=")
+    names[key or new] = old
+    return old_value
