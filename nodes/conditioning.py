@@ -133,14 +133,14 @@ def encode_on_compute_device(t5: Any, text: str) -> tuple[torch.Tensor, torch.Te
 
     device = host.compute_device()
     job = plan_text(t5, device)
-    plan = job.plan
-    streamed = plan.t5_layers - plan.t5_resident_blocks
+    spec = job.plan.t5_streaming
+    streamed = spec.depth - spec.resident_blocks
     logger.info(
         "%s",
         job.describe(
             "Mochi Text Encode",
             device,
-            f"T5 {plan.t5_resident_blocks}/{plan.t5_layers} layers resident"
+            f"T5 {spec.resident_blocks}/{spec.depth} layers resident"
             + (f" ({streamed} streamed from system RAM)" if streamed else ""),
         ),
     )
@@ -149,12 +149,8 @@ def encode_on_compute_device(t5: Any, text: str) -> tuple[torch.Tensor, torch.Te
     def set_device(dev: torch.device) -> None:
         t5.device = dev
 
-    blocks = t5.model.encoder.block
     try:
-        with placed(
-            "T5", t5.model, device, resident_blocks=plan.t5_resident_blocks if streamed else None, blocks=blocks,
-            set_device=set_device,
-        ):  # fmt: skip
+        with placed("T5", t5.model, device, streaming=spec, blocks=t5.model.encoder.block, set_device=set_device):
             return t5.encode([text])
     except DoesNotFitError as exc:
         logger.warning("Mochi Text Encode: %s; encoding in system RAM instead", exc)

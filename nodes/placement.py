@@ -11,8 +11,9 @@ One rule for the whole pack: text encoding, sampling and decoding inside ComfyUI
 - **plan** (:func:`plan_text`, :func:`plan_sampling`, :func:`plan_decode`): ``plan()`` with the loaded model's
   own configuration, storage and compute dtypes, for the job and budget; the node uses the phase it runs (T5
   layers resident, DiT blocks resident and CFG batching, decode tile).
-- **apply** (:func:`placed`): the model goes to the compute device whole, or with the planned number of blocks
-  resident and the others streamed (:func:`mochi_core.memory.enable_block_streaming`); afterwards every weight is
+- **apply** (:func:`placed`): the model goes to the compute device whole, or as the plan's streaming spec
+  (``Plan.dit_streaming`` / ``Plan.t5_streaming``) says: N blocks resident, the others streamed
+  (:func:`mochi_core.memory.enable_block_streaming`); a plan never changes a model, the node applies it; afterwards every weight is
   back in system RAM (:data:`nodes.host.WEIGHTS_HOME`, also under ``--highvram``), so ComfyUI's next model has
   the GPU. On a CPU-only ComfyUI the same plan bounds system RAM (streamed blocks give their pages back).
 
@@ -143,7 +144,7 @@ class PhasePlan:
 
 def stored_as(layer: torch.nn.Module) -> str:
     """The planner's storage name of a cast-on-use linear layer: "scaled_fp8", "q8_0", "q4_0", or its dtype."""
-    from mochi_core.precision import dtype_name
+    from mochi_core.dtypes import dtype_name
 
     fmt = getattr(layer, "weight_format", "plain")
     return fmt if fmt != "plain" else dtype_name(layer.weight.dtype)
@@ -178,8 +179,8 @@ def _plan(name: str, device: torch.device, requested: int, kwargs: dict[str, Any
 
 def plan_text(encoder: Any, device: torch.device) -> PhasePlan:
     """T5 layers resident for one prompt on ``device`` under the free memory (``text_encoding`` phase)."""
+    from mochi_core.dtypes import dtype_name
     from mochi_core.memory import T5Sizes
-    from mochi_core.precision import dtype_name
 
     s = encoder.shape
     sizes = T5Sizes(s.vocab_size, s.d_model, s.d_kv, s.num_heads, s.d_ff, s.num_layers, s.num_buckets)
@@ -211,8 +212,8 @@ def plan_sampling(
     "stream" runs the CFG passes one after another and streams what does not fit. ``cfg_pass``: False when cfg
     is 1 (no negative pass, like an unbatched CFG step). ``text_shape``: (tokens, features) of the conditioning
     the sampler holds on the device."""
+    from mochi_core.dtypes import dtype_name
     from mochi_core.memory import T5Sizes
-    from mochi_core.precision import dtype_name
 
     model = dit.model
     kwargs: dict[str, Any] = {
@@ -235,7 +236,7 @@ def plan_decode(
 ) -> PhasePlan:
     """The decode tile for a ``(B, 12, T, h, w)`` latent on ``device``: the largest that fits the budget, or
     ``tile`` (latent frames, height, width[, overlap]) when the node's tile inputs force one."""
-    from mochi_core.precision import dtype_name
+    from mochi_core.dtypes import dtype_name
 
     kwargs: dict[str, Any] = {
         **_job_size(latent_shape),
@@ -253,37 +254,40 @@ def placed(
     module: torch.nn.Module,
     device: torch.device,
     *,
-    resident_blocks: int | None = None,
+    streaming: Any = None,
     blocks: torch.nn.ModuleList | None = None,
     set_device: Callable[[torch.device], None] | None = None,
 ) -> Iterator[torch.device]:
-    """``module`` on ``device`` for the body of the ``with``: whole (``resident_blocks`` None), or with its first
-    ``resident_blocks`` blocks (``module.blocks``, or ``blocks``) resident and the others streamed from system
-    RAM. Afterwards every weight is back in :data:`nodes.host.WEIGHTS_HOME`, also when the move failed part-way;
-    ``set_device`` tells the model's wrapper where its weights are (T5 and VAE keep a ``device`` attribute).
+    """``module`` on ``device`` for the body of the ``with``: whole, or as the plan's ``streaming``
+    (:class:`mochi_core.options.StreamingSpec`) says when it streams: its first ``resident_blocks`` blocks
+    (``module.blocks``, or ``blocks``) resident and the others streamed from system RAM. Afterwards every weight is
+    back in :data:`nodes.host.WEIGHTS_HOME`, also when the move failed part-way; ``set_device`` tells the model's
+    wrapper where its weights are (T5 and VAE keep a ``device`` attribute).
 
     Yields the device the inputs must live on. Running out of memory while moving raises
-    :class:`~mochi_core.errors.DoesNotFitError` naming ``what`` (the model is whole on the CPU again).
+    :class:`~mochi_core.errors.DoesNotFitError` naming ``what`` (the model is whole in system RAM again).
     """
     from mochi_core.errors import DoesNotFitError
-    from mochi_core.memory import streaming
+    from mochi_core.memory import streaming as stream
 
     home = host.WEIGHTS_HOME
-    if resident_blocks is None and device == home:
+    streams = streaming is not None and streaming.streams
+    if not streams and device == home:
         yield home
         return
     streamer = None
     oom = False
     try:
         try:
-            if resident_blocks is None:
-                streaming.move_module(module, device)
+            if not streams:
+                stream.move_module(module, device)
             else:
-                streamer = streaming.enable_block_streaming(
+                streamer = stream.enable_block_streaming(
                     module,
-                    resident_blocks,
+                    streaming.resident_blocks,
                     device=device,
                     offload_device=home,
+                    prefetch=streaming.prefetch,
                     blocks=blocks,
                     pin_memory=host.pin_policy(),
                 )
@@ -294,7 +298,7 @@ def placed(
                 raise
             oom = True
         if oom:  # outside the except block, so the failed attempt's tensors can be freed by the move back
-            streaming.move_module(module, home)
+            stream.move_module(module, home)
             host.soft_empty_cache()
             raise DoesNotFitError(
                 f"out of memory on {device} while moving the {what} weights there; they stay in system RAM: "
@@ -304,7 +308,7 @@ def placed(
     finally:
         if streamer is not None:
             streamer.remove()
-        streaming.move_module(module, home)  # every weight back home, also after a failure part-way
+        stream.move_module(module, home)  # every weight back home, also after a failure part-way
         if set_device is not None:
             set_device(home)
         host.soft_empty_cache()

@@ -23,7 +23,7 @@ from .conditioning import conditioning_to_t5
 from .lora import lora_scope
 from .placement import placed, plan_sampling
 from .registry import register
-from .validation import check_video_size, check_widget_values, invalid, video_size_inputs
+from .validation import check_video_size, check_widget_values, video_size_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ def check_sampler_inputs(
     schedule: bool = True,
 ) -> None:
     """Checks of the inputs ``VALIDATE_INPUTS`` takes: the ranges of ``INPUT_TYPES`` (ComfyUI skips its own checks for
-    them), the Mochi size rules (``size``: False when a latent gives the size) and the schedule (``schedule``: False
-    when custom sigmas replace it). ``None`` = linked, not known at queue time: skipped there and checked at run
+    them), the Mochi size rule (``size``: False when a latent gives the size) and the schedule rule (``schedule``:
+    False when custom sigmas replace it), both the core's own (:mod:`mochi_core.options`, :mod:`mochi_core.sampling`). ``None`` = linked, not known at queue time: skipped there and checked at run
     time. Raises InvalidInputError (a ValueError) naming the input and the allowed values."""
     values = {"width": width, "height": height, "frames": frames, "steps": steps, "linear_steps": linear_steps}
     if threshold_noise is not None:
@@ -60,23 +60,14 @@ def check_sampler_inputs(
             (1 if frames is None else frames),
         )
         check_video_size(w, h, f)
-    if (
-        steps is not None
-        and linear_steps is not None
-        and linear_steps != 0
-        and not (1 <= linear_steps <= max(1, steps - 1))
-    ):
-        raise invalid(
-            f"linear_steps={linear_steps} is not allowed with steps={steps}: use 0 (auto = steps/2) or "
-            f"1..{max(1, steps - 1)}"
-        )
-    if schedule and None not in (steps, linear_steps, threshold_noise):
+    if schedule and steps is not None and linear_steps is not None:
         from mochi_core.sampling import linear_quadratic_schedule
 
-        # the schedule these settings give must fall strictly from 1 to 0; its error names the largest working value
-        linear_quadratic_schedule(
-            int(steps), threshold_noise=float(threshold_noise), linear_steps=int(linear_steps) or None
-        )
+        # the core's one schedule rule (as for the API and the CLI): linear_steps within 1..steps-1 (0 here = auto),
+        # and a schedule that falls strictly from 1 to 0 (its error names the largest working value). A linked
+        # threshold_noise is replaced by a stand-in that no schedule refuses, so linear_steps is still checked
+        tau = 1e-6 if threshold_noise is None else threshold_noise
+        linear_quadratic_schedule(steps, threshold_noise=tau, linear_steps=linear_steps or None)
 
 
 @register("MochiSampler", "Mochi Sampler")
@@ -278,13 +269,14 @@ class MochiSampler:
         )
         job.check("Mochi Sampler")
         plan = job.plan
-        streamed = plan.depth - plan.resident_blocks
+        spec = plan.dit_streaming
+        streamed = spec.depth - spec.resident_blocks
         logger.info(
             "%s",
             job.describe(
                 "Mochi Sampler",
                 device,
-                f"DiT {plan.resident_blocks}/{plan.depth} blocks resident"
+                f"DiT {spec.resident_blocks}/{spec.depth} blocks resident"
                 + (f" ({streamed} streamed from system RAM)" if streamed else "")
                 + (", CFG batched" if plan.batch_cfg else ", CFG passes one at a time"),
             ),
@@ -292,7 +284,7 @@ class MochiSampler:
         with (
             host.interrupt_errors("Mochi Sampler"),
             lora_scope(model),  # before placement: the LoRA tensors then move and stream with their blocks
-            placed("DiT", dit, device, resident_blocks=plan.resident_blocks if streamed else None) as dev,
+            placed("DiT", dit, device, streaming=spec) as dev,
         ):
             out = mochi_core.sample(
                 dit,

@@ -179,17 +179,9 @@ class MochiVAEDecodeTiled:
         if tile is None:
             job.check("Mochi VAE Decode")
         plan = job.plan
-        t, h, w = plan.decode_tile
-        logger.info(
-            "%s",
-            job.describe(
-                "Mochi VAE Decode",
-                device,
-                f"tile {t}x{h}x{w} latents (frames x height x width, overlap {plan.decode_overlap}), "
-                f"{plan.decode_tiles} tile(s)" + (" from the tile inputs" if tile is not None else ""),
-            ),
-        )
-        planned = TilePlan(t, h, w, plan.decode_overlap, plan.decode_norm)
+        forced = " from the tile inputs" if tile is not None else ""
+        logger.info("%s", job.describe("Mochi VAE Decode", device, plan.tile_text() + forced))
+        planned = TilePlan(*plan.decode_tile, plan.decode_overlap, plan.decode_norm)
 
         def set_device(dev: torch.device) -> None:
             vae.device = dev

@@ -9,7 +9,6 @@ the same checks again at execution time, when linked values are known.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -39,10 +38,13 @@ def widget_specs(node_cls: type) -> dict[str, tuple[Any, dict[str, Any]]]:
 def check_widget_values(node_cls: type, values: Mapping[str, Any]) -> None:
     """Check ``values`` against the INT / FLOAT ranges and the choice lists in ``node_cls.INPUT_TYPES()``.
 
-    ``None`` means linked (not known at queue time) and is skipped; NaN and inf are refused. Raises
+    ``None`` means linked (not known at queue time) and is skipped. Numbers go through the pack's one rule for
+    integers and real numbers (:mod:`mochi_core.scalars`: NaN and inf refused, as by the API and the CLI). Raises
     InvalidInputError naming the input and the allowed values: ``batch_size=65 is not allowed: batch_size must be
     an integer from 1 to 64``.
     """
+    from mochi_core.scalars import as_int_in, as_real
+
     specs = widget_specs(node_cls)
     for name, value in values.items():
         if value is None:
@@ -52,17 +54,14 @@ def check_widget_values(node_cls: type, values: Mapping[str, Any]) -> None:
             if value not in kind:
                 raise invalid(f"{name}={value!r} is not allowed: {name} must be one of {', '.join(map(str, kind))}")
             continue
-        if kind not in ("INT", "FLOAT"):
-            continue
         lo, hi = opts.get("min"), opts.get("max")
         if kind == "INT":
-            ok_type = isinstance(value, int) and not isinstance(value, bool)
-            what = "an integer"
-        else:  # NaN passes every comparison, so ComfyUI's own range check lets it through
-            ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            what = "a number"
-        if not ok_type or (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise invalid(f"{name}={value!r} is not allowed: {name} must be {what} from {lo} to {hi}")
+            as_int_in(name, value, low=lo, high=hi)
+        elif kind == "FLOAT":
+            what = f"a number from {lo} to {hi}"
+            number = as_real(name, value, what=what)
+            if (lo is not None and number < lo) or (hi is not None and number > hi):
+                raise invalid(f"{name}={value!r} is not allowed: {name} must be {what}")
 
 
 def video_size_inputs(note: str = "") -> dict[str, tuple[str, dict[str, Any]]]:
@@ -104,13 +103,14 @@ def video_size_inputs(note: str = "") -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 def check_video_size(width: int, height: int, frames: int) -> None:
-    """Frames 6k+1, width and height positive multiples of 16 (:func:`mochi_core.sampling.validate_size`).
+    """Frames 6k+1, width and height positive multiples of 16: the pack's one size rule
+    (:func:`mochi_core.options.check_size`, as for the API and the CLI).
 
     Raises ValueError (``InvalidInputError``) naming the input and the nearest allowed values.
     """
-    from mochi_core.sampling import validate_size
+    from mochi_core.options import check_size
 
-    validate_size(frames, height, width)
+    check_size(width, height, frames)
 
 
 def check_model_file(folder: str, name: str, wanted: str, *, alternatives: tuple[str, ...] = ()) -> str:

@@ -85,12 +85,8 @@ def _logged(caplog: pytest.LogCaptureFixture, node: str) -> str:
 
 def _expected_lines(plan: Any) -> tuple[str, str]:
     cfg = "CFG batched" if plan.batch_cfg else "CFG passes one at a time"
-    t, h, w = plan.decode_tile
-    return (
-        f"DiT {plan.resident_blocks}/{plan.depth} blocks resident",
-        cfg,
-        f"tile {t}x{h}x{w} latents",
-    )
+    spec = plan.dit_streaming
+    return (f"DiT {spec.resident_blocks}/{spec.depth} blocks resident", cfg, plan.tile_text())
 
 
 def _interesting_budgets(files: dict[str, Path]) -> list[int]:
@@ -187,8 +183,9 @@ def test_text_encode_plans_t5_layers(files, nodes_, monkeypatch, caplog) -> None
         got = NODE_CLASS_MAPPINGS["MochiTextEncode"]().encode(nodes_["t5"], "a red fox")[0][0][0]
     plan = _core_plan(files, free)
     line = _logged(caplog, "Mochi Text Encode")
-    assert plan.t5_resident_blocks < plan.t5_layers
-    assert f"T5 {plan.t5_resident_blocks}/{plan.t5_layers} layers resident" in line, line
+    spec = plan.t5_streaming
+    assert spec.streams
+    assert f"T5 {spec.resident_blocks}/{spec.depth} layers resident" in line, line
     # same kernels in the same order on the same weights: streaming only changes where a layer's weights are bound
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
