@@ -251,3 +251,26 @@ def test_t5_bf16_compute_is_refused_on_the_cpu(files: dict[str, Path]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ units
+
+
+@pytest.mark.parametrize(
+    ("node_args", "api"),
+    [
+        ({"frames": 30}, lambda o: o.JobOptions.resolve(prompt="", frames=30)),
+        ({"width": 850}, lambda o: o.JobOptions.resolve(prompt="", width=850)),
+        ({"steps": 8, "linear_steps": 8}, lambda o: o.SamplingOptions.resolve(steps=8, cfg=6.0, linear_steps=8)),
+        (
+            {"steps": 4, "linear_steps": 2, "threshold_noise": 0.9},
+            lambda o: o.SamplingOptions.resolve(steps=4, cfg=6.0, linear_steps=2, threshold_noise=0.9),
+        ),
+    ],
+)
+def test_sampler_node_gives_the_api_verdict_and_message(node_args: dict[str, Any], api: Any) -> None:
+    """One rule per value: the node's queue-time message is the options layer's, word for word."""
+    import mochi_core.options as options
+
+    args = {"width": 848, "height": 480, "frames": 31, "steps": 64, "linear_steps": 0, "threshold_noise": 0.025}
+    args.update(node_args)
+    with pytest.raises(InvalidInputError) as err:
+        api(options)
+    assert NODE_CLASS_MAPPINGS["MochiSampler"].VALIDATE_INPUTS(**args) == str(err.value)
