@@ -282,11 +282,13 @@ def _encode_phase(
         return (*setup.parallel.share_features(None, None), "")
     owns = setup.owns["t5"]
     enc: Any = None
+    streamer: Any = None
     try:
         if owns:
             enc = load_text_encoder(text_encoder, tokenizer=tokenizer, options=setup.t5)
             blocks = enc.model.encoder.block
-            if apply_streaming(enc.model, setup.t5_streaming, device=setup.dev, blocks=blocks) is not None:
+            streamer = apply_streaming(enc.model, setup.t5_streaming, device=setup.dev, blocks=blocks)
+            if streamer is not None:
                 enc.device = setup.dev  # tokens go to the compute device; streamed layers come to them
         else:
             enc = text_encoder
@@ -297,7 +299,9 @@ def _encode_phase(
             _drop_frames(exc)
         raise
     finally:
-        del enc
+        if streamer is not None:
+            streamer.remove()  # waits for its copies and unpins its host memory now, not at garbage collection
+        del enc, streamer
         if owns:
             release_memory(setup.dev)
     if setup.parallel is not None:  # the T5 ran once, on rank 0
@@ -320,13 +324,14 @@ def _sampling_phase(
 
     owns = setup.owns["dit"]
     model: Any = None
+    streamer: Any = None
     t0 = time.perf_counter()
     try:
         if owns:
             from .dit import load_dit
 
             model = load_dit(dit, options=setup.dit)
-            apply_streaming(model, setup.dit_streaming, device=setup.dev)
+            streamer = apply_streaming(model, setup.dit_streaming, device=setup.dev)
         else:
             model = dit
         fmt = str(getattr(model, "checkpoint_format", ""))
@@ -346,7 +351,9 @@ def _sampling_phase(
             _drop_frames(exc)
         raise
     finally:
-        del model
+        if streamer is not None:
+            streamer.remove()  # waits for its copies and unpins its host memory now, not at garbage collection
+        del model, streamer
         if owns:
             release_memory(setup.dev)
     timings["sampling_s"] = time.perf_counter() - t0

@@ -57,6 +57,9 @@ class CudaHostRegistrar:
         return int(torch.cuda.cudart().cudaHostRegister(ptr, nbytes, self.PORTABLE)) == 0
 
     def unregister(self, ptr: int) -> bool:
+        # no copy queued on any device may still read the range (it is freed soon after, when a model is dropped)
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
         return int(torch.cuda.cudart().cudaHostUnregister(ptr)) == 0
 
 
