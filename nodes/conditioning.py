@@ -150,7 +150,10 @@ def encode_on_compute_device(t5: Any, text: str) -> tuple[torch.Tensor, torch.Te
         t5.device = dev
 
     try:
-        with placed("T5", t5.model, device, streaming=spec, blocks=t5.model.encoder.block, set_device=set_device):
+        with (
+            host.relative_paths("text_encoders"),
+            placed("T5", t5.model, device, streaming=spec, blocks=t5.model.encoder.block, set_device=set_device),
+        ):
             return t5.encode([text])
     except DoesNotFitError as exc:
         logger.warning("Mochi Text Encode: %s; encoding in system RAM instead", exc)

@@ -283,6 +283,7 @@ class MochiSampler:
         )
         with (
             host.interrupt_errors("Mochi Sampler"),
+            host.relative_paths("diffusion_models"),  # a message naming the DiT file (a NaN weight) stays relative
             lora_scope(model),  # before placement: the LoRA tensors then move and stream with their blocks
             placed("DiT", dit, device, streaming=spec) as dev,
         ):

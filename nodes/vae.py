@@ -188,6 +188,7 @@ class MochiVAEDecodeTiled:
 
         with (
             host.interrupt_errors("Mochi VAE Decode"),
+            host.relative_paths("vae"),
             placed("VAE decoder", vae.decoder, device, set_device=set_device),
         ):
             video = self._decode_with_retry(vae, latent, planned, DoesNotFitError)
@@ -287,6 +288,7 @@ class MochiVAEEncode:
 
         with (
             host.interrupt_errors("Mochi VAE Encode"),
+            host.relative_paths("vae"),
             placed("VAE encoder", vae.encoder, device, set_device=set_device) as dev,
         ):
             latent = vae.encode(video.to(dev))

@@ -322,3 +322,20 @@ def test_decode_asks_comfyui_to_free_what_it_needs(files, gpu_state, nodes_) -> 
     expected = plan(**kwargs, budget_bytes=20 * GB - reserve)
     assert job.budget.nbytes == 20 * GB - reserve
     assert job.plan.decode_tile == expected.decode_tile and job.phase == expected.phase("decoding")
+
+
+def test_run_time_messages_name_model_files_relative_to_their_folder(comfy_mm, tmp_path) -> None:
+    """Errors raised while a node runs (a loader, a NaN weight found at the first step) reach the API client with
+    ``models/<folder>/...`` instead of the server's absolute path; type and traceback are kept."""
+    import folder_paths
+
+    from mochi_core.errors import UnsupportedCheckpointError
+
+    folder_paths.add_model_folder_path("vae", str(tmp_path / "vae_models"))
+    path = tmp_path / "vae_models" / "sub" / "x.safetensors"
+    with pytest.raises(UnsupportedCheckpointError) as err, host.relative_paths("vae"):
+        raise UnsupportedCheckpointError(f"{path}: tensor 'decoder.conv_in.weight' holds NaN")
+    assert str(err.value) == "models/vae/sub/x.safetensors: tensor 'decoder.conv_in.weight' holds NaN"
+    with pytest.raises(FileNotFoundError) as missing, host.relative_paths("vae"):
+        open(path)  # noqa: SIM115 - the error of a missing file is the point
+    assert missing.value.filename == "models/vae/sub/x.safetensors" and str(tmp_path) not in str(missing.value)
