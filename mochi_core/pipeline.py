@@ -199,8 +199,9 @@ def _check_models(dit: Any, text_encoder: Any, vae: Any, tokenizer: Any) -> dict
     return owns
 
 
-def _plan_job(setup: _Setup, budget: Any, models: tuple[Any, Any, Any], batch_cfg: Any) -> Any:
-    """The planner's choice for the three model paths, or DoesNotFitError before any weight is read."""
+def _plan_job(setup: _Setup, budget: Any, models: tuple[Any, Any, Any], batch_cfg: Any, parallel: Any = None) -> Any:
+    """The planner's choice for the three model paths (for one rank of ``parallel``), or DoesNotFitError before any
+    weight is read."""
     from .dtypes import dtype_name
     from .memory.files import plan_for_files
     from .memory.planner import require_fit
@@ -230,6 +231,7 @@ def _plan_job(setup: _Setup, budget: Any, models: tuple[Any, Any, Any], batch_cf
         compute_dtype=name(setup.dit.compute_dtype),
         attention=setup.dit.attention,
         batch_cfg=None if batch_cfg else False,
+        **({} if parallel is None else {"cfg_parallel": parallel.layout.cfg_parallel, "sp": parallel.layout.sp}),
     )
     require_fit(job)
     logger.info("memory plan:\n%s", job.summary())
@@ -496,7 +498,7 @@ def generate(
     owns = _check_models(dit, text_encoder, vae, tokenizer)
     setup = _Setup(job, sampling, dev, *models, decode=decode, owns=owns)
     if budget is not None and plan is None:
-        plan = _plan_job(setup, budget, (dit, text_encoder, vae), sampling.batch_cfg)
+        plan = _plan_job(setup, budget, (dit, text_encoder, vae), sampling.batch_cfg, parallel)
     setup = _apply_parallel(_apply_plan(setup, plan), parallel, dit)
     reset_device_peaks(dev)
     timings: dict[str, float] = {}

@@ -52,6 +52,8 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="kept free for the CUDA context etc.: 768MiB, 1GB or bytes (default 768MiB on CUDA)",
     )
+    p.add_argument("--cfg-parallel", action="store_true", help="plan one rank of a CFG-parallel run (torchrun)")
+    p.add_argument("--sp", type=int, default=1, help="plan one rank of an N-way sequence-parallel run (torchrun)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run_plan)
     return p
@@ -77,6 +79,8 @@ def run_plan(args: argparse.Namespace) -> int:
             reserve_bytes=None
             if args.reserve is None
             else parse_bytes(args.reserve, what="--reserve", allow_zero=True),
+            cfg_parallel=args.cfg_parallel,
+            sp=args.sp,
         )
     except MochiError as exc:
         sys.stderr.write(f"error: {exc}\n")

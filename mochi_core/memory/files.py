@@ -124,12 +124,14 @@ def plan_for_files(
     compute_dtype: str | None = None,
     attention: str = "sdpa",
     batch_cfg: bool | None = None,
+    cfg_parallel: bool = False,
+    sp: int = 1,
 ) -> Plan:
     """:func:`~mochi_core.memory.planner.plan` for these files; ``*_storage`` None = as stored in the file.
 
     ``vae_dtype`` None = the device's default compute dtype (``precision.default_compute_dtype``: bf16 on CUDA
     GPUs with native bf16, fp32 on older GPUs and on CPU). ``batch_cfg`` None lets the
-    planner choose (batched when it fits).
+    planner choose (batched when it fits). ``cfg_parallel`` / ``sp``: plan one rank of a multi-process run.
     """
     files = inspect_model_files(dit, text_encoder, vae)
     dev = str(device).split(":")[0]
@@ -152,6 +154,8 @@ def plan_for_files(
         decoder_config=files.decoder_config,
         compute_dtype=compute_dtype,
         batch_cfg=batch_cfg,
+        cfg_parallel=cfg_parallel,
+        sp=sp,
     )
     stored = tuple(name for name, asked in (("dit", dit_storage), ("t5", t5_storage)) if asked is None)
     return replace(job, as_stored=stored)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import DoesNotFitError
+from .estimates import _DTYPE_BYTES as _DTYPE_BYTES_
 from .estimates import (
     T5Sizes,
     decode_working_set_bytes,
@@ -54,8 +55,13 @@ def streamed_weights(other: int, blocks: list[int], resident: int, prefetch: boo
 class PhaseModel:
     """Phase peaks of one ``width`` x ``height`` x ``frames`` job (arguments already validated by the planner).
 
-    ``latent`` = (T, H, W) latent size; ``batch`` = videos sampled and decoded together; ``text_tokens`` = valid prompt tokens in the joint attention; ``backend``
-    = the attention kernel (:func:`~mochi_core.memory.estimates.attention_backend`).
+    ``latent`` = (T, H, W) latent size; ``batch`` = videos sampled and decoded together; ``text_tokens`` = valid
+    prompt tokens in the joint attention; ``backend`` = the attention kernel
+    (:func:`~mochi_core.memory.estimates.attention_backend`). ``sp`` / ``cfg_parallel``:
+    the peaks of one rank of a multi-process run (:mod:`mochi_core.parallel`): the rank holds the whole DiT, a
+    ``1/sp`` slice of the visual tokens (and, around attention, every token of ``heads/sp`` heads: the same size)
+    plus the all-to-all buffers, and runs one CFG half when the halves are on two ranks; the T5 and the assembled
+    video live on rank 0, which is the rank planned.
     """
 
     def __init__(
@@ -76,7 +82,10 @@ class PhaseModel:
         reserve: int,
         device_type: str = "cuda",
         batch: int = 1,
+        sp: int = 1,
+        cfg_parallel: bool = False,
     ) -> None:
+        self.sp, self.cfg_parallel = sp, cfg_parallel
         self.lt, self.lh, self.lw = latent
         self.cfg, self.t5s, self.dcfg = dit_config, t5_sizes, decoder_config
         self.dit_storage, self.vae_dtype, self.compute_dtype = dit_storage, vae_dtype, compute_dtype
@@ -119,10 +128,11 @@ class PhaseModel:
 
     def sampling(self, resident: int, batched: bool) -> PhasePeak:
         """Sampling with ``resident`` DiT blocks on the device and cond / uncond in one batch when ``batched``."""
-        b = self.batch * (2 if batched else 1)
+        b = self.batch * (1 if self.cfg_parallel else (2 if batched else 1))
+        tokens = -(-self.visual_tokens // self.sp)  # this rank's slice (the first ranks hold one more)
         act = dit_activation_bytes(
             self.cfg,
-            visual_tokens=self.visual_tokens,
+            visual_tokens=tokens,
             text_tokens=self.text_tokens,
             batch=b,
             compute_dtype=self.compute_dtype,
@@ -136,9 +146,21 @@ class PhaseModel:
             w = self.dit_other + sum(self.dit_blocks)
         other = self.carried + 4 * self.latent_bytes
         ws = act["attention_workspace"]
-        peak = w + act["total"] + other + self.reserve
-        detail = {"resident_blocks": resident, "batch": b, "batch_cfg": batched, "activation_parts": act}
-        return PhasePeak("sampling", w, act["total"] - ws, ws, other, self.reserve, peak, detail)
+        if self.sp > 1:
+            # q, k, v received from every rank and joined along the tokens, in the compute dtype (2 x 3 units)
+            ws += 6 * b * tokens * self.cfg.hidden_size_x * _DTYPE_BYTES_[self.compute_dtype]
+        if self.cfg_parallel:
+            other += 2 * self.latent_bytes  # both CFG halves' predictions, gathered
+        activations = act["total"] - act["attention_workspace"]
+        peak = w + activations + ws + other + self.reserve
+        detail = {
+            "resident_blocks": resident,
+            "batch": b,
+            "batch_cfg": batched,
+            "activation_parts": act,
+            "rank_tokens": tokens,
+        }
+        return PhasePeak("sampling", w, activations, ws, other, self.reserve, peak, detail)
 
     def decoding(self, tile: Any) -> PhasePeak:
         """Decoding with ``tile`` (a :class:`~mochi_core.vae.tiling.TilePlan`): decoder weights, the latent and

@@ -132,6 +132,9 @@ class Plan:
     as_stored: tuple[str, ...] = ()
     decode_norm: str = "tile"
     decode_tile_forced: bool = False
+    #: a multi-process run: this plan is per rank (see :class:`~mochi_core.memory.phases.PhaseModel`)
+    cfg_parallel: bool = False
+    sp: int = 1
 
     # -- what the pipeline and the nodes apply (a plan never changes a model) -----------------------
     @property
@@ -216,7 +219,8 @@ class Plan:
             + f", predicted peak {format_bytes(self.predicted_peak_bytes)} ({self.peak_phase})",
             f"DiT {self.dit_storage}: {self.resident_blocks}/{self.depth} blocks resident"
             + (" (streaming)" if self.streaming else "")
-            + f", CFG batched: {self.batch_cfg}; T5 {self.t5_storage}: {self.t5_resident_blocks}/{self.t5_layers} layers "
+            + (f", CFG batched: {self.batch_cfg}" if not self.cfg_parallel else ", CFG halves on two ranks")
+            + f"; T5 {self.t5_storage}: {self.t5_resident_blocks}/{self.t5_layers} layers "
             f"resident; decode {self.tile_text()}" + (" (forced)" if self.decode_tile_forced else ""),
         ]
         for p in self.phases:
@@ -253,6 +257,8 @@ def plan(
     decode_tile: Any = None,
     reserve_bytes: int | str | None = None,
     batch: int = 1,
+    cfg_parallel: bool = False,
+    sp: int = 1,
 ) -> Plan:
     """Plan one ``width``x``height``x``frames`` generation under ``budget_bytes`` on ``device``.
 
@@ -263,7 +269,8 @@ def plan(
     smallest budget that fits is computed with them kept. ``text_tokens``: valid prompt tokens in the joint attention
     (0..the DiT's token length, default all of them, the worst case). ``reserve_bytes``: kept free on the device
     (bytes or a size such as "768MiB"; default 768 MiB on CUDA, 0 on CPU). ``batch``: videos sampled and decoded
-    together (1..64; a batched latent). Sizes follow mochi-spec.md §3.6 (frames
+    together (1..64; a batched latent). ``cfg_parallel`` / ``sp``: plan one rank of a multi-process run (``sp``
+    must divide the heads; each CFG rank runs its half). Sizes follow mochi-spec.md §3.6 (frames
     6k+1, width/height multiples of 16). Every argument is validated first
     (:class:`~mochi_core.errors.InvalidInputError` names it). Returns a :class:`Plan` (``fits`` may be False; see
     :func:`require_fit`).
@@ -296,6 +303,12 @@ def plan(
     if resident_blocks is not None:
         resident_blocks = as_int_in("resident_blocks", resident_blocks, low=0, high=cfg.depth)
     batch = as_int_in("batch", batch, low=1, high=64)
+    from ..parallel.layout import ParallelLayout
+
+    layout = ParallelLayout(cfg_parallel, sp)
+    layout.check_heads(cfg.num_heads)
+    if layout.cfg_parallel:
+        batch_cfg = True  # each CFG rank runs its half of the batch
 
     backend = attention_backend(dev, attention, _DTYPE_BYTES[cdt], cfg.head_dim)
     model = PhaseModel(
@@ -314,6 +327,8 @@ def plan(
         reserve=reserve,
         device_type=torch.device(dev).type,
         batch=batch,
+        sp=layout.sp,
+        cfg_parallel=layout.cfg_parallel,
     )
     text = _choose_text(model, budget)
     samp = _choose_sampling(model, budget, resident_blocks, batch_cfg)
@@ -330,6 +345,8 @@ def plan(
     resident = int(samp.detail["resident_blocks"])
     t5_resident = int(text.detail["resident_layers"])
     notes = _notes(model, backend, resident, t5_resident)
+    if layout.model_parallel:
+        notes.insert(0, _parallel_note(layout, model.visual_tokens))
     result = Plan(
         width=width,
         height=height,
@@ -365,6 +382,8 @@ def plan(
         notes=tuple(notes),
         decode_norm=str(dec.detail["norm"]),
         decode_tile_forced=forced_tile is not None,
+        cfg_parallel=layout.cfg_parallel,
+        sp=layout.sp,
     )
     logger.debug("plan: %s", result.summary())
     return result
@@ -394,6 +413,18 @@ def _choose_sampling(model: PhaseModel, budget: int, resident: int | None, batch
     while n > 0 and model.sampling(n, batched).peak_bytes > budget:
         n -= 1
     return model.sampling(n, batched)
+
+
+def _parallel_note(layout: Any, tokens: int) -> str:
+    """The note that says the plan is per rank, and what each rank holds."""
+    lo, hi = tokens // layout.sp, -(-tokens // layout.sp)
+    share = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    held = f" and {share} of the {tokens} visual tokens" if layout.sp > 1 else ""
+    cfg = ", one CFG half per rank" if layout.cfg_parallel else ""
+    return (
+        f"planned per rank for {layout.ranks} processes ({layout.describe()}): every rank holds the whole DiT{held}"
+        f"{cfg}; T5 and the assembled video on rank 0 (the rank planned), decode tiles spread over the ranks"
+    )
 
 
 def _notes(model: PhaseModel, backend: str, resident: int, t5_resident: int) -> list[str]:

@@ -11,6 +11,7 @@ product, a few 1e-6 after 3 steps of the 2-block tiny model. The bound is 1e-5 (
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,24 @@ def test_layout_checks() -> None:
     ParallelLayout().check_world(3)  # no model parallelism: any world (prompt lists)
 
 
+def test_planner_plans_one_rank_and_says_so() -> None:
+    from mochi_core.memory.planner import plan
+
+    one = plan(848, 480, 163, budget_bytes="40GB")
+    sp4 = plan(848, 480, 163, budget_bytes="40GB", sp=4)
+    both = plan(848, 480, 163, budget_bytes="40GB", cfg_parallel=True, sp=2)
+    s1, s4, sb = (p.phase("sampling") for p in (one, sp4, both))
+    assert s4.weights_bytes == s1.weights_bytes  # every rank holds the whole DiT
+    assert s4.detail["rank_tokens"] == 44520 // 4 and s4.detail["batch"] == 2  # CFG batched, a quarter of the tokens
+    assert sb.detail["batch"] == 1 and sb.detail["rank_tokens"] == 44520 // 2
+    assert s4.activation_bytes < s1.activation_bytes / 3 and sb.activation_bytes < s1.activation_bytes / 3
+    assert sp4.notes[0].startswith("planned per rank for 4 processes (4-way sequence)")
+    assert "2 CFG halves x 2-way sequence" in both.notes[0] and both.summary().count("planned per rank") == 1
+    assert one.phase("text_encoding") == sp4.phase("text_encoding")  # T5 on rank 0, as in one process
+    with pytest.raises(InvalidInputError, match="sp=5 does not divide"):
+        plan(848, 480, 163, budget_bytes="40GB", sp=5)
+
+
 def _text_tokens(job: dict) -> tuple[int, int]:
     from mochi_core import load_text_encoder
 
@@ -160,6 +179,7 @@ def test_a_killed_rank_is_named_and_the_others_stop(job) -> None:
     report = json.loads((out / "error_0.json").read_text())
     assert "rank 1" in report["error"] and "exited" in report["error"], report
     assert report["seconds"] is not None and report["seconds"] < 60, report
+    logging.getLogger(__name__).info("rank 0 stopped %.1f s after rank 1 was killed", report["seconds"])
 
 
 def _cli_args(job: dict, tmp: Path) -> list[str]:
