@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InvalidInputError
 from .runtime import ModelGroups
 from .sequence import SequenceParallel
 
@@ -48,14 +49,24 @@ class ParallelDiT:
             self._sp = None
 
     def __call__(
-        self, x: torch.Tensor, sigma: torch.Tensor, t5_feat: torch.Tensor, t5_mask: torch.Tensor
+        self, x: torch.Tensor, sigma: torch.Tensor, t5_feat: torch.Tensor, t5_mask: torch.Tensor, **kwargs: Any
     ) -> torch.Tensor:
-        """Shapes as ``AsymmDiT.forward``: x (B, C, T, H, W) -> (B, C, T, H, W) float32 on every rank."""
+        """Shapes as ``AsymmDiT.forward``: x (B, C, T, H, W) -> (B, C, T, H, W) float32 on every rank (or whatever
+        the model returns per sample for the keyword options it takes, batch first).
+
+        A step cache (``cache=``, TeaCache) decides from the whole batch's block-0 input on every rank, so the CFG
+        ranks stay in step; with sequence parallelism its residual would be a slice of the tokens, so it is refused.
+        """
+        if self._sp is not None and kwargs.get("cache") is not None:
+            raise InvalidInputError(
+                "TeaCache with sequence parallelism (--sp > 1) is not supported: turn TeaCache off or use "
+                "--cfg-parallel alone"
+            )
         cfg = self.groups.cfg
         b = x.shape[0]
         if cfg is None or b % 2:
-            return self.model(x, sigma, t5_feat, t5_mask)
+            return self.model(x, sigma, t5_feat, t5_mask, **kwargs)
         half = b // 2
         part = slice(cfg.rank * half, (cfg.rank + 1) * half)
-        out = self.model(x[part], sigma[part], t5_feat[part], t5_mask[part])
+        out = self.model(x[part], sigma[part], t5_feat[part], t5_mask[part], **kwargs)
         return torch.cat(cfg.all_gather(out.contiguous()), dim=0)
