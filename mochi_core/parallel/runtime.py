@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,7 +26,7 @@ import torch.distributed as dist
 from ..errors import InvalidInputError, ParallelError
 from .comm import Comm
 from .layout import ParallelLayout
-from .watchdog import Watchdog
+from .watchdog import EXIT_PEER_FAILED, Watchdog
 
 __all__ = ["DistWorld", "ModelGroups", "init_distributed", "launched_world_size", "shutdown"]
 
@@ -188,9 +192,33 @@ def init_distributed(
         grace=grace_s,
     )
     watchdog.start()
+    _stop_on_sigterm(watchdog, rank)
     comm = Comm(None, list(range(world)), watchdog, a2a=a2a)
     logger.info("rank %d of %d (local rank %d) on %s, backend %s", rank, world, local_rank, dev, backend)
     return DistWorld(rank, world, local_rank, dev, backend, timeout, watchdog, comm, a2a)
+
+
+def _stop_on_sigterm(watchdog: Watchdog, rank: int) -> None:
+    """When torchrun stops this worker (SIGTERM, sent to the others when one worker fails), say which rank failed
+    before leaving, as the watchdog would have a moment later. Installed only over the default handler, from the
+    main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        reason = watchdog.failure or (watchdog.explain(wait=2.0) if not watchdog.stopped else None)
+        if reason is not None and watchdog.failure is not None:
+            sys.stderr.write(f"error: {reason} (rank {rank} stopped by the launcher)\n")
+            code = EXIT_PEER_FAILED
+        else:
+            sys.stderr.write(f"rank {rank} stopped by the launcher (SIGTERM)\n")
+            code = 128 + signal.SIGTERM
+        sys.stderr.flush()
+        os._exit(code)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def shutdown(world: DistWorld, *, failed: BaseException | None = None) -> None:

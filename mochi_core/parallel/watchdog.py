@@ -94,6 +94,11 @@ class Watchdog:
 
     # ------------------------------------------------------------------ queries
     @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` was called (the run ended normally or this rank reported its own failure)."""
+        return self._stop.is_set()
+
+    @property
     def failure(self) -> str | None:
         """The message naming the failed rank, once one is known."""
         return self._message
