@@ -115,7 +115,9 @@ class DistWorld:
 
     def failed(self, exc: BaseException) -> None:
         """Record that this rank stops because of ``exc`` (peers then report it, naming this rank)."""
-        if not isinstance(exc, ParallelError):  # a ParallelError is a peer's failure, already reported by it
+        if isinstance(exc, ParallelError):  # another rank's failure: say so, naming it, without taking the blame
+            self.watchdog.report_left(str(exc))
+        else:
             self.watchdog.report_failure(f"{type(exc).__name__}: {exc}")
 
 

@@ -9,7 +9,8 @@ rank 0, hosts at ``MASTER_ADDR:MASTER_PORT``, through its own client connection)
 - it reads every peer's counter; a peer whose counter has not moved for ``stale_after`` seconds is declared
   gone ("stopped responding"), unless it has marked itself done (``done/<rank>``);
 - a rank whose own work raised records ``fail/<rank>`` = the error message before it exits
-  (:meth:`Watchdog.report_failure`), so its peers report the real cause;
+  (:meth:`Watchdog.report_failure`), so its peers report the real cause; a rank that leaves because of another
+  rank's failure records ``left/<rank>`` instead (:meth:`Watchdog.report_left`) and is not taken for the cause;
 - a peer on the same machine (each rank records its host name and process id) whose process has exited or is a
   zombie is declared gone at once, without waiting for its heartbeat to go stale;
 - a lost store connection is a failure of the store's host (rank 0, unless torchrun's agent hosts it).
@@ -92,6 +93,10 @@ class Watchdog:
         """Record why this rank is stopping, for the peers' messages (best effort: the store may be gone)."""
         self._set(f"fail/{self.rank}", message[:2000])
 
+    def report_left(self, message: str) -> None:
+        """Record that this rank stops because another one failed (``message`` names that one)."""
+        self._set(f"left/{self.rank}", message[:2000])
+
     # ------------------------------------------------------------------ queries
     @property
     def stopped(self) -> bool:
@@ -128,9 +133,13 @@ class Watchdog:
 
     def _check_peers(self) -> None:
         now = time.monotonic()
+        secondary: str | None = None
         for peer, (last, since) in list(self._seen.items()):
             if self.store.check([f"done/{peer}"]):
                 del self._seen[peer]
+                continue
+            if self.store.check([f"left/{peer}"]):  # stopped because of another rank: not the cause
+                secondary = secondary or self.store.get(f"left/{peer}").decode("utf-8", "replace")
                 continue
             if self.store.check([f"fail/{peer}"]):
                 reason = self.store.get(f"fail/{peer}").decode("utf-8", "replace")
@@ -150,6 +159,8 @@ class Watchdog:
                     f"hangs); stopping rank {self.rank}"
                 )
                 return
+        if secondary is not None:
+            self._declare(secondary)
 
     def _exited(self, peer: int) -> str | None:
         """How a peer on this machine ended ("exited", "was killed"), or None (alive, elsewhere or unknown)."""

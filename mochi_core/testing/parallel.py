@@ -3,11 +3,11 @@
 the process group and renders the jobs of a JSON spec with :func:`mochi_core.generate` in each parallel layout.
 
 Spec (JSON file): ``{"common": {generate keyword arguments}, "modes": [{"name", "cfg_parallel", "sp", "a2a",
-"lora" (a LoRA file applied at run time, strength 1), "stream" (resident blocks, the others streamed)}],
-"kill": {"rank": r, "step": s} (optional), "watchdog": {init_distributed limits} (optional)}``. Rank 0 saves
-``<out>/<name>.pt`` = {"latent", "frames", "sent_bytes" (per rank: bytes sent by op), "summary"}; with "kill", rank
-r SIGKILLs itself at sampling step s and the others write ``<out>/error_<rank>.json`` with the error and the
-seconds from the kill to the error.
+"lora" (a LoRA file applied at run time, strength 1), "stream" (resident blocks, the others streamed), "kill":
+{"rank": r, "step": s}}], "watchdog": {init_distributed limits} (optional)}``. Rank 0 saves ``<out>/<name>.pt`` =
+{"latent", "frames", "sent_bytes" (per rank: bytes sent by op), "summary"}; in a mode with "kill" (the last one),
+rank r SIGKILLs itself at sampling step s and every other rank writes ``<out>/error_<rank>.json`` with its error
+and the seconds from its own step s to the error.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def worker(rank: int, world: int, port: int, spec_path: str, out: str) -> None:
 
     spec: dict[str, Any] = json.loads(Path(spec_path).read_text())
     world_ctx = init_distributed("cpu", **spec.get("watchdog", {}))
-    kill = spec.get("kill")
+    kill: dict[str, int] | None = None
     killed_at: list[float] = []
 
     def callback(step: int, total: int, x0: torch.Tensor) -> None:
@@ -104,6 +104,7 @@ def worker(rank: int, world: int, port: int, spec_path: str, out: str) -> None:
 
     try:
         for mode in spec["modes"]:
+            kill = mode.get("kill")
             world_ctx.a2a = mode.get("a2a", "auto")
             run = ParallelRun(world_ctx, ParallelLayout(mode.get("cfg_parallel", False), mode.get("sp", 1)))
             comms = [world_ctx.comm] + [c for c in (run.groups.cfg, run.groups.sp) if c is not None]
