@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InvalidInputError
 from .dit import ParallelDiT
 from .layout import ParallelLayout
 from .runtime import DistWorld, ModelGroups
@@ -31,6 +32,11 @@ class ParallelRun:
     _groups: ModelGroups | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if not self.layout.model_parallel:
+            raise InvalidInputError(
+                "ParallelRun needs cfg_parallel=True and/or sp > 1 (several ranks on one video); to spread several "
+                "prompts over the ranks use mochi_core.parallel.prompts.render_all (the CLI's --prompts)"
+            )
         self.layout.check_world(self.world.world)
 
     @property
