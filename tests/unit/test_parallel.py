@@ -31,7 +31,8 @@ from mochi_core.vae.tiling import TilePlan
 
 TOL = 1e-5
 STEPS = 3
-# 4 heads (sp up to 4); a 64x48x7 video: latent (2, 6, 8), 24 visual tokens; 2 x 3 decode tiles of 4 x 4 latents
+# 4 heads (sp up to 4); a 48x48x7 video: latent (2, 6, 6), 18 visual tokens (sp 4 splits them 5, 5, 4, 4); 2 x 2
+# decode tiles of 4 x 4 latents
 CONFIG = DiTConfig.tiny().with_(num_heads=4)
 TILE = [2, 4, 4, 2]
 
@@ -46,7 +47,7 @@ def job(tmp_path_factory, t5_tokenizer_dir) -> dict:
         "vae": str(write_official_decoder(root / "decoder.safetensors", random_decoder_state_dict())),
         "text_encoder": str(write_t5(root / "t5.safetensors", "fp16")),
         "tokenizer": str(t5_tokenizer_dir),
-        "width": 64,
+        "width": 48,
         "height": 48,
         "frames": 7,
         "steps": STEPS,
@@ -174,7 +175,7 @@ def _cli_args(job: dict, tmp: Path) -> list[str]:
     return [
         "generate",
         *("--dit", c["dit"], "--vae", c["vae"], "--t5", c["text_encoder"], "--tokenizer", c["tokenizer"]),
-        *("--width", "64", "--height", "48", "--frames", "7", "--steps", "2", "--cfg", "4.5"),
+        *("--width", "48", "--height", "48", "--frames", "7", "--steps", "2", "--cfg", "4.5"),
         *("--device", "cpu", "--no-progress", "--negative", "blurry"),
     ]
 
@@ -198,7 +199,9 @@ def test_cli_refuses_bad_layouts_before_starting(job, tmp_path, monkeypatch, cap
 def test_prompt_list_on_two_ranks_writes_the_videos_of_single_runs(job, tmp_path) -> None:
     """3 prompts over 2 torchrun ranks (prompts 0 and 2 on rank 0, 1 on rank 1; rank 0 writes all three) against
     the same list in one process and a single run of prompt 1 with seed 7 + 1. Every process computes with one
-    thread, so each video is produced by the same kernels in the same order: the files are compared byte for byte."""
+    thread, so each video is produced by the same kernels in the same order: the written frames (PNG) are compared
+    byte for byte. The MP4 files are not: libx264 does not always encode the same frames to the same bytes from one
+    process to the next (measured on this machine under load), so they are checked for presence only."""
     import os
     import subprocess
     import sys
@@ -214,7 +217,8 @@ def test_prompt_list_on_two_ranks_writes_the_videos_of_single_runs(job, tmp_path
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mochi_core"]
     dist_out = tmp_path / "dist"
     proc = subprocess.run(
-        [*cmd, *args, "--prompts", str(listing), "--seed", "7", "--out", str(dist_out / "v.mp4"), "--json"],
+        [*cmd, *args, "--prompts", str(listing), "--seed", "7", "--out", str(dist_out / "v.mp4"), "--json"]
+        + ["--frames-dir", str(dist_out / "png")],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -230,10 +234,19 @@ def test_prompt_list_on_two_ranks_writes_the_videos_of_single_runs(job, tmp_path
     torch.set_num_threads(1)
     try:
         one = tmp_path / "one"
-        assert main([*args, "--prompts", str(listing), "--seed", "7", "--out", str(one / "v.mp4")]) == 0
-        assert main([*args, "--prompt", "a blue whale", "--seed", "8", "--out", str(tmp_path / "single.mp4")]) == 0
+        listed = [*args, "--prompts", str(listing), "--seed", "7", "--out", str(one / "v.mp4")]
+        assert main([*listed, "--frames-dir", str(one / "png")]) == 0
+        single = [*args, "--prompt", "a blue whale", "--seed", "8", "--out", str(tmp_path / "single.mp4")]
+        assert main([*single, "--frames-dir", str(tmp_path / "single_png")]) == 0
     finally:
         torch.set_num_threads(threads)
+
+    def frames(folder: Path) -> list[bytes]:
+        files = sorted(folder.glob("*.png"))
+        assert len(files) == 7, folder
+        return [f.read_bytes() for f in files]
+
     for i in range(3):
-        assert (dist_out / f"v_{i:03d}.mp4").read_bytes() == (one / f"v_{i:03d}.mp4").read_bytes(), i
-    assert (tmp_path / "single.mp4").read_bytes() == (one / "v_001.mp4").read_bytes()
+        assert (dist_out / f"v_{i:03d}.mp4").stat().st_size > 0
+        assert frames(dist_out / "png" / f"{i:03d}") == frames(one / "png" / f"{i:03d}"), i
+    assert frames(tmp_path / "single_png") == frames(one / "png" / "001")
