@@ -271,6 +271,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from .devices import check_device
+    from .options import ParallelOptions
     from .parallel import ParallelLayout
     from .parallel.launch import prepare, run
     from .parallel.prompts import read_prompts
@@ -284,8 +285,14 @@ def _run_generate(args: argparse.Namespace) -> int:
     budget = parse_bytes(args.memory_budget, name="--memory-budget") if args.memory_budget else None
     job_budget = parse_bytes(args.budget, name="--budget") if args.budget else None
     prompts = read_prompts(args.prompts) if args.prompts is not None else [args.prompt]
-    layout = ParallelLayout(args.cfg_parallel, args.sp)
-    launch = prepare(layout, listed=args.prompts is not None, device=device, dit=args.dit, timeout_s=args.dist_timeout)
+    options = ParallelOptions.resolve(
+        cfg_parallel=args.cfg_parallel,
+        sp=args.sp,
+        timeout_s=args.dist_timeout,
+        names={"cfg_parallel": "--cfg-parallel", "sp": "--sp", "timeout_s": "--dist-timeout"},
+    )
+    layout = ParallelLayout.from_options(options)
+    launch = prepare(layout, listed=args.prompts is not None, device=device, dit=args.dit, timeout_s=options.timeout_s)
     bars = _Bars(not args.no_progress and launch.is_root)
     summaries: list[dict[str, Any]] = []
 

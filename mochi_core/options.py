@@ -46,6 +46,7 @@ __all__ = [
     "SamplingOptions",
     "JobOptions",
     "StreamingSpec",
+    "ParallelOptions",
     "resolve_dtype",
     "resolve_bytes",
 ]
@@ -355,6 +356,37 @@ class SamplingOptions:
             first=_start_index(sched, float(denoise)),
             batch_cfg=as_bool("batch_cfg", batch_cfg),
         )
+
+
+@dataclass(frozen=True)
+class ParallelOptions:
+    """Several processes on one video (started by torchrun): ``cfg_parallel`` (cond and uncond on two ranks),
+    ``sp`` (ranks per sequence-parallel group, >= 1) and ``timeout_s`` (how long a collective waits for a slow
+    peer, > 0). Whether ``sp`` divides the DiT's heads and whether the process count matches are checked against
+    the model and the launch (:class:`mochi_core.parallel.layout.ParallelLayout`)."""
+
+    cfg_parallel: bool = False
+    sp: int = 1
+    timeout_s: float = 1800.0
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        cfg_parallel: Any = False,
+        sp: Any = 1,
+        timeout_s: Any = 1800.0,
+        names: Mapping[str, str] | None = None,
+    ) -> ParallelOptions:
+        n = _Names(names)
+        cfg = as_bool(n("cfg_parallel"), cfg_parallel)
+        ranks = as_int(n("sp"), sp, what="an integer >= 1")
+        if ranks < 1:
+            raise InvalidInputError(f"{n('sp')}={sp!r} is not allowed: sequence parallelism needs an integer >= 1")
+        timeout = as_real(n("timeout_s"), timeout_s, what="a number of seconds > 0")
+        if not timeout > 0:
+            raise InvalidInputError(f"{n('timeout_s')}={timeout_s!r} is not allowed: use a number of seconds > 0")
+        return cls(cfg, ranks, timeout)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ and the one with ``cfg_index`` 1 the unconditional pass; with ``sp`` > 1 each ra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import InvalidInputError
-from ..scalars import as_bool, as_int
 
 __all__ = ["ParallelLayout", "token_splits"]
 
@@ -25,11 +25,16 @@ class ParallelLayout:
     sp: int = 1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "cfg_parallel", as_bool("cfg_parallel", self.cfg_parallel))
-        sp = as_int("sp", self.sp, what="an integer >= 1")
-        if sp < 1:
-            raise InvalidInputError(f"sp={self.sp!r} is not allowed: sequence parallelism needs an integer >= 1")
-        object.__setattr__(self, "sp", sp)
+        from ..options import ParallelOptions  # the one rule for these values (mochi_core.options)
+
+        opts = ParallelOptions.resolve(cfg_parallel=self.cfg_parallel, sp=self.sp)
+        object.__setattr__(self, "cfg_parallel", opts.cfg_parallel)
+        object.__setattr__(self, "sp", opts.sp)
+
+    @classmethod
+    def from_options(cls, options: Any) -> ParallelLayout:
+        """The layout of resolved :class:`~mochi_core.options.ParallelOptions`."""
+        return cls(options.cfg_parallel, options.sp)
 
     @property
     def cfg(self) -> int:

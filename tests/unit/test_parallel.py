@@ -84,7 +84,7 @@ def test_layout_checks() -> None:
         ParallelLayout(sp=5).check_heads(24)
     with pytest.raises(InvalidInputError, match=r"--cfg-parallel --sp 2 needs 4 processes .*has 2.*nproc-per-node 4"):
         ParallelLayout(True, 2).check_world(2)
-    with pytest.raises(InvalidInputError, match="sp=0"):
+    with pytest.raises(InvalidInputError, match="sp=0 is not allowed: sequence parallelism needs an integer >= 1"):
         ParallelLayout(sp=0)
     ParallelLayout().check_world(3)  # no model parallelism: any world (prompt lists)
 
@@ -186,6 +186,10 @@ def test_cli_refuses_bad_layouts_before_starting(job, tmp_path, monkeypatch, cap
     base = [*_cli_args(job, tmp_path), "--prompt", "a fox", "--out", str(tmp_path / "v.mp4")]
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
+    assert main([*base, "--sp", "0"]) == 2  # the options layer's rule, with the flag's name
+    assert "--sp=0 is not allowed: sequence parallelism needs an integer >= 1" in capsys.readouterr().err
+    assert main([*base, "--dist-timeout", "0"]) == 2
+    assert "--dist-timeout=0.0 is not allowed" in capsys.readouterr().err
     assert main([*base, "--sp", "3"]) == 2
     assert "sp=3 does not divide the DiT's 4 attention heads" in capsys.readouterr().err
     assert main([*base, "--cfg-parallel"]) == 2
