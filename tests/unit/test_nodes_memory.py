@@ -339,3 +339,35 @@ def test_run_time_messages_name_model_files_relative_to_their_folder(comfy_mm, t
     with pytest.raises(FileNotFoundError) as missing, host.relative_paths("vae"):
         open(path)  # noqa: SIM115 - the error of a missing file is the point
     assert missing.value.filename == "models/vae/sub/x.safetensors" and str(tmp_path) not in str(missing.value)
+
+
+def test_a_batched_latent_is_planned_for_every_video(files, nodes_, monkeypatch, caplog) -> None:
+    """A latent of 2 videos: the sampler plans 2 videos (``plan(batch=2)``), so at the budget where one video keeps
+    every block resident with batched CFG, two videos must not."""
+    from mochi_core.memory import inspect_model_files, plan
+
+    mf = inspect_model_files(files[DIT], files["t5xxl_fp16.safetensors"], files["mochi_vae.safetensors"])
+    kw = {
+        **SIZE,
+        "device": "cpu",
+        "dit_config": mf.dit_config,
+        "dit_storage": mf.dit_storage,
+        "t5_sizes": mf.t5_sizes,
+        "t5_storage": mf.t5_storage,
+        "decoder_config": mf.decoder_config,
+        "vae_dtype": "fp32",
+    }
+    free = plan(**kw, budget_bytes=1 << 50).phase("sampling").peak_bytes  # one video: everything fits just so
+    monkeypatch.setattr(host, "make_room", lambda nbytes, device: free)
+    latent = NODE_CLASS_MAPPINGS["MochiEmptyLatent"]().make(SIZE["width"], SIZE["height"], SIZE["frames"], 2)[0]
+    with caplog.at_level(logging.INFO, logger="nodes"):
+        out = NODE_CLASS_MAPPINGS["MochiSampler"]().sample(
+            _dit(files), nodes_["pos"], nodes_["neg"], **SIZE, steps=2, cfg=4.5, seed=3, threshold_noise=0.025,
+            linear_steps=0, latent=latent,
+        )[0]  # fmt: skip
+    assert out["samples"].shape[0] == 2
+    two = plan(**kw, budget_bytes=free, batch=2)
+    blocks, cfg, _ = _expected_lines(two)
+    line = _logged(caplog, "Mochi Sampler")
+    assert blocks in line and cfg in line, (line, two.summary())
+    assert (two.resident_blocks, two.batch_cfg) != (two.depth, True)
