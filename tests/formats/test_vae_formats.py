@@ -15,6 +15,7 @@ from mochi_core.testing.vae import (
     write_comfy_vae,
 )
 from mochi_core.vae import DecoderConfig, EncoderConfig, build_from_state_dict, load_vae
+from tests.numerics import TINY_DECODER_TOL, TINY_ENCODER_TOL
 
 ENC_CFG = EncoderConfig(channels=(64, 32, 64, 32), num_res_blocks=(1, 1, 1, 1, 1))
 
@@ -50,6 +51,7 @@ EXPECT = {  # format -> (has decoder, has encoder, stored dtype, layout)
 }
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("fmt", sorted(EXPECT))
 def test_format_roundtrip(fmt, files, weights, inputs):
     has_dec, has_enc, stored, layout = EXPECT[fmt]
@@ -60,10 +62,10 @@ def test_format_roundtrip(fmt, files, weights, inputs):
     z, video = inputs
     if has_dec:
         assert vae.decoder.config == DecoderConfig.tiny()
-        assert (vae.decode(z) - ref.decode(z)).abs().max().item() <= 1e-6
+        assert (vae.decode(z) - ref.decode(z)).abs().max().item() <= TINY_DECODER_TOL  # other buffers
     if has_enc:
         assert vae.encoder.config == ENC_CFG
-        assert (vae.encode(video) - ref.encode(video)).abs().max().item() <= 1e-6
+        assert (vae.encode(video) - ref.encode(video)).abs().max().item() <= TINY_ENCODER_TOL
 
 
 def test_bf16_storage_is_close_to_fp32(files, inputs):

@@ -12,8 +12,14 @@ from mochi_core.formats.vae import to_diffusers
 from mochi_core.testing.vae import random_encoder_state_dict, write_official_encoder
 from mochi_core.vae import EncoderConfig, add_fourier_features, load_vae
 from mochi_core.vae.decoder import UpsampleBlock
+from tests.numerics import TINY_DECODER_TOL, TINY_ENCODER_TOL
 
-TOL = 1e-4
+pytestmark = pytest.mark.numerics
+
+# same float32 math as the official code in other summation orders (tests/numerics.py derives both bounds, 5.9e-5 and
+# 7.3e-5); the smallest deviation the golden set reveals (encoder q/k not normalised) moves the mean by 1.3e-3
+TOL = TINY_DECODER_TOL
+ENC_TOL = TINY_ENCODER_TOL
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +46,8 @@ def test_chunked_decoder_matches_official(golden_dir, golden_decoder, case):
 
 def test_fourier_features_match_official(golden_dir):
     cases = load_file(golden_dir / "vae_encoder_tiny_cases.safetensors")
+    # element-wise: the same single product x * (2^k * 2pi) as the official code, then sin/cos, which every torch CPU
+    # path (vectorised SLEEF, scalar libm) computes within 1 ulp: two results differ by <= 2 ulp of 1 = 2.4e-7
     assert (add_fourier_features(cases["fourier_in"]) - cases["fourier_out"]).abs().max().item() <= 1e-6
 
 
@@ -49,8 +57,9 @@ def test_encoder_matches_official(golden_dir, case):
     assert vae.decoder is None and vae.encoder is not None
     cases = load_file(golden_dir / "vae_encoder_tiny_cases.safetensors")
     mean, logvar = vae.encode_distribution(cases[f"{case}_video"])
-    assert (mean - cases[f"{case}_mean"]).abs().max().item() <= TOL
-    assert (logvar - cases[f"{case}_logvar"]).abs().max().item() <= TOL
+    assert (mean - cases[f"{case}_mean"]).abs().max().item() <= ENC_TOL
+    assert (logvar - cases[f"{case}_logvar"]).abs().max().item() <= ENC_TOL
+    # bit-exact by construction: encode() returns the mean of the same computation on the same input
     assert torch.equal(vae.encode(cases[f"{case}_video"]), mean)
 
 
@@ -93,7 +102,7 @@ def test_diffusers_decoder_frame_drop_difference_is_pinned(golden_dir, golden_de
             dec.end_stream()
     assert theirs.shape == ours.shape == (1, 3, 13, 32, 48)
     assert no_drop.shape[2] == 6 * z.shape[2]
-    assert (no_drop[:, :, 5:] - theirs).abs().max().item() <= 1e-5
+    assert (no_drop[:, :, 5:] - theirs).abs().max().item() <= TOL
     diff = (ours - theirs).abs().amax(dim=(0, 1, 3, 4))
     assert diff.max().item() > 1e-2  # the documented difference is real ...
     assert diff[0].item() > 1e-2  # ... and starts at the first frame (different causal context)
@@ -110,8 +119,8 @@ def test_diffusers_encoder_matches(tmp_path):
     with torch.inference_mode():
         theirs = model.encode(video).latent_dist
     mean, logvar = ours.encode_distribution(video)
-    assert (mean - theirs.mean).abs().max().item() <= 1e-5
-    assert (logvar - theirs.logvar).abs().max().item() <= 1e-4
+    assert (mean - theirs.mean).abs().max().item() <= ENC_TOL
+    assert (logvar - theirs.logvar).abs().max().item() <= ENC_TOL
 
 
 def load_file_or_random():

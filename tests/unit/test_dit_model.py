@@ -16,6 +16,7 @@ from mochi_core.dit.model import AsymmDiT
 from mochi_core.dit.rope import apply_rope, rope_frequencies, rope_positions
 from mochi_core.errors import InvalidInputError
 from mochi_core.testing.dit import random_dit_state_dict, write_dit
+from tests.numerics import TINY_DIT_TOL
 
 
 def test_full_size_meta_model_has_the_official_keys(reference_dir: Path) -> None:
@@ -128,9 +129,12 @@ def test_scalar_sigma_and_int_mask_accepted(tiny) -> None:
     x, s, f, m = _inputs()
     with torch.inference_mode():
         ref = tiny(x, s, f, m)
+        # bit-exact by construction: 0.5 and the int mask become the same float32 sigma and bool mask, and the same
+        # buffers go through the same kernels
         torch.testing.assert_close(tiny(x, 0.5, f, m.to(torch.int64)), ref, atol=0, rtol=0)
 
 
+@pytest.mark.numerics
 def test_text_length_other_than_256_is_fine(tiny) -> None:
     """Only valid tokens matter: extra padding (L = 16 -> 40) changes nothing."""
     x, s, f, m = _inputs()
@@ -138,7 +142,10 @@ def test_text_length_other_than_256_is_fine(tiny) -> None:
     f2 = torch.cat([f, torch.randn(1, 24, 32)], dim=1)
     m2 = torch.cat([m, torch.zeros(1, 24, dtype=torch.bool)], dim=1)
     with torch.inference_mode():
-        assert torch.equal(tiny(x, s, f, m), tiny(x, s, f2, m2))
+        a, b = tiny(x, s, f, m), tiny(x, s, f2, m2)
+    # the caption pooler sums and softmaxes over 16 vs 40 positions (zeros / -inf at the padding): other reduction
+    # lengths may split the same terms differently, hence the summation-order bound rather than equality
+    assert torch.isfinite(b).all() and (a - b).abs().max().item() <= TINY_DIT_TOL
 
 
 def test_block_hooks_see_every_block(tiny) -> None:
@@ -213,9 +220,10 @@ def test_attention_pool_output_unchanged_by_nan_padding() -> None:
     mask = torch.tensor([[True, True, False, False, False], [True] * 5])
     clean = pool(x, mask)
     x[0, 2:] = float("nan")
-    assert torch.equal(pool(x, mask), clean)
+    assert torch.equal(pool(x, mask), clean)  # bit-exact by construction: same buffer, NaN only where never read
 
 
+@pytest.mark.numerics
 def test_nan_in_padded_t5_positions_does_not_poison_the_output(tiny) -> None:
     """Padding is never read: NaN there gives the same (finite) prediction as clean padding, batched or not."""
     x, s, f, m = _inputs(b=2)
@@ -226,7 +234,7 @@ def test_nan_in_padded_t5_positions_does_not_poison_the_output(tiny) -> None:
         f[~m] = float("nan")
         dirty = tiny(x, s, f, m)
     assert torch.isfinite(dirty).all()
-    assert torch.equal(dirty, clean)
+    assert torch.equal(dirty, clean)  # bit-exact by construction: the same buffers, padding selected away
 
 
 def test_rope_theta_is_not_a_config_field() -> None:

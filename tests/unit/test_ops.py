@@ -7,6 +7,7 @@ import torch
 
 from mochi_core import ops
 from mochi_core.errors import InvalidInputError
+from tests.numerics import reorder_tol
 
 
 def test_q8_0_roundtrip_error_is_within_half_a_step() -> None:
@@ -84,6 +85,7 @@ def _stored_linear(fmt: str, dense: torch.nn.Linear) -> ops.Linear:
     return lin
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("fmt", ["plain", "scaled_fp8", "q8_0", "q4_0"])
 def test_cpu_linear_casts_large_weights_in_row_slices(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A weight whose cast exceeds CPU_CAST_CHUNK_BYTES is cast slice by slice: same output, small cast buffer."""
@@ -111,7 +113,9 @@ def test_cpu_linear_casts_large_weights_in_row_slices(fmt: str, monkeypatch: pyt
         out = lin(x)
     assert calls == [(i, i + 25) for i in range(0, 200, 25)]
     assert out.shape == (2, 5, 200) and out.dtype == torch.float32
-    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    # each output element is the same 256-term dot product; a 25-row weight may be blocked differently than a
+    # 200-row one (inputs randn, weights U(-1/16, 1/16): the products' magnitudes add up to <= 16)
+    torch.testing.assert_close(out, ref, atol=reorder_tol(scale=16.0, terms=256), rtol=0)
     # the whole fp32 cast (200 KB) is replaced by an eighth of it plus one slice of output (the tracker also counts
     # the stored weight once a slice of it is taken: at most 34/32 byte per value)
     assert whole.peak_bytes - sliced.peak_bytes >= full_cast // 2

@@ -13,6 +13,7 @@ from mochi_core.memory import inspect_model_files, plan_for_files
 from mochi_core.testing.dit import random_dit_state_dict, write_dit
 from mochi_core.testing.t5 import TINY_T5, write_t5
 from mochi_core.testing.vae import random_decoder_state_dict, write_comfy_vae
+from tests.numerics import TINY_DECODER_TOL, TINY_SAMPLER_TOL
 
 SIZE = {"width": 48, "height": 32, "frames": 7}
 RUN = {"steps": 2, "cfg": 4.5, "seed": 3, "device": "cpu", **SIZE}
@@ -64,6 +65,7 @@ def test_budget_needs_paths(files, t5_tokenizer_dir) -> None:
         )
 
 
+@pytest.mark.numerics
 def test_streaming_plan_gives_the_same_video(files, t5_tokenizer_dir) -> None:
     roomy = plan_for_files(**SIZE, budget_bytes="8GB", device="cpu", **files)
     assert roomy.fits and not roomy.streaming and roomy.batch_cfg
@@ -79,5 +81,7 @@ def test_streaming_plan_gives_the_same_video(files, t5_tokenizer_dir) -> None:
     assert plan["fits"] and plan["streaming"] and 0 <= plan["resident_blocks"] < CONFIG.depth
     # the same job with every block resident and the CFG batching the plan chose: the same numbers
     reference = generate("a red fox", **files, tokenizer=t5_tokenizer_dir, batch_cfg=plan["batch_cfg"], **RUN)
-    assert (tight.latent - reference.latent).abs().max().item() <= 1e-6
-    assert (tight.frames - reference.frames).abs().max().item() <= 1e-5
+    # same math, weights read from other buffers (streamed copies): the summation-order bounds; frames are
+    # (decoded + 1) / 2 of a decoder whose gain is below 1 on these weights, so the latent's error adds at most once
+    assert (tight.latent - reference.latent).abs().max().item() <= TINY_SAMPLER_TOL
+    assert (tight.frames - reference.frames).abs().max().item() <= TINY_SAMPLER_TOL + TINY_DECODER_TOL

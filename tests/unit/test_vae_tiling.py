@@ -18,6 +18,13 @@ from mochi_core.vae import (
 )
 from mochi_core.vae.layers import CausalConv3d
 from mochi_core.vae.tiling import _axis_weights, axis_tiles, count_tiles, smallest_tile
+from tests.numerics import TINY_DECODER_TOL
+
+# a chunk or tile runs the same convolutions as the whole decode on smaller inputs (other blocking, other summation
+# order): the bound of tests/numerics.py; a lost, repeated or seamed frame moves outputs by > 0.1
+TOL = TINY_DECODER_TOL
+
+pytestmark = pytest.mark.numerics
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +53,7 @@ def test_temporal_chunks_are_exact(vae, small, frames):
     z, ref = small
     out = vae.decode(z, tile=frames)
     assert out.shape == ref.shape == (2, 3, 6 * (4 - 1) + 1, 24, 32)
-    assert (out - ref).abs().max().item() <= 1e-5
+    assert (out - ref).abs().max().item() <= TOL
 
 
 def test_single_latent_frame(vae):
@@ -70,7 +77,7 @@ def test_spatial_tiles_error_bounds(vae, wide):
 def test_whole_tile_plan_is_exact(vae, wide):
     z, ref = wide
     out = vae.decode(z, tile=TilePlan(1, 100, 100, 4))
-    assert (out - ref).abs().max().item() <= 1e-5
+    assert (out - ref).abs().max().item() <= TOL
 
 
 def _cache_probe(vae):
@@ -99,7 +106,7 @@ def test_single_chunk_decodes_keep_no_causal_caches(vae, small, wide):
     finally:
         handle.remove()
     assert all(c.cache is None and not c.streaming for c in convs)
-    assert (out - ref).abs().max().item() <= 1e-5 and (chunked - ref).abs().max().item() <= 1e-5
+    assert (out - ref).abs().max().item() <= TOL and (chunked - ref).abs().max().item() <= TOL
     assert tiled.shape == refw.shape
 
 
@@ -177,7 +184,7 @@ def test_budget_peaks_stay_within_budget(vae, wide):
         assert tr.peak_bytes <= budget, (plan, tr.peak_bytes, budget)
         assert out.shape == ref.shape
         if plan.height >= 8 and plan.width >= 12:
-            assert (out - ref).abs().max().item() <= 1e-5  # whole frames: exact
+            assert (out - ref).abs().max().item() <= TOL  # whole frames: exact up to summation order
         else:
             assert _psnr(out, ref) > 25
 
