@@ -10,6 +10,7 @@ __all__ = [
     "MochiError",
     "InvalidInputError",
     "UnsupportedCheckpointError",
+    "NonFiniteWeightError",
     "DoesNotFitError",
     "MochiInterrupted",
     "MissingBackendError",
@@ -28,6 +29,10 @@ class InvalidInputError(MochiError, ValueError):
 
 class UnsupportedCheckpointError(MochiError, ValueError):
     """A weight file is not one this loader can read (wrong component, unknown layout, truncated, pickle)."""
+
+
+class NonFiniteWeightError(UnsupportedCheckpointError):
+    """A weight file holds NaN or infinite values; the message names the file and the tensor."""
 
 
 class DoesNotFitError(MochiError, RuntimeError):

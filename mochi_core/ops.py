@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InvalidInputError
+from .finite import check_finite
 
 __all__ = [
     "WEIGHT_FORMATS",
@@ -151,12 +152,27 @@ class CastWeights:
     weight_format: str = "plain"
     weight_shape: tuple[int, ...] | None = None
     scale_value: float = 1.0  # scaled fp8: the fp32 ``scale_weight`` as a Python float (no device sync per use)
+    #: where the weight came from (``mochi_core.finite.weight_origin``): set by loaders, checked for NaN/inf on the
+    #: first cast (``weight_checked`` then becomes True); None: never checked
+    weight_origin: str | None = None
+    weight_checked: bool = False
 
     def compute_weight(
         self, dtype: torch.dtype, device: torch.device, rows: tuple[int, int] | None = None
     ) -> torch.Tensor:
         """The weight as a ``dtype`` tensor on ``device``, whatever its storage format: (out, in, ...), or only the
         output rows ``rows = (start, stop)`` of it (every format stores whole rows, so a slice casts alone)."""
+        w = self._cast(dtype, device, rows)
+        if self.weight_origin is not None and not self.weight_checked:
+            # first use: check the slice just cast (in cache), never a second pass over a memory-mapped file
+            where = self.weight_origin if rows is None else f"{self.weight_origin} (rows {rows[0]}-{rows[1] - 1})"
+            check_finite(w, where)
+            shape = self.weight_shape or tuple(self.weight.shape)
+            if rows is None or rows[1] >= shape[0]:  # Linear casts its row slices in order: the last one ends it
+                self.weight_checked = True
+        return w
+
+    def _cast(self, dtype: torch.dtype, device: torch.device, rows: tuple[int, int] | None) -> torch.Tensor:
         fmt = self.weight_format
         stored = self.weight if rows is None else self.weight[rows[0] : rows[1]]
         if fmt == "plain":
@@ -290,10 +306,13 @@ def set_weight(
     fmt: str = "plain",
     scale: torch.Tensor | None = None,
     shape: tuple[int, ...] | None = None,
+    origin: str | None = None,
 ) -> None:
     """Install ``tensor`` as ``module.weight`` in storage format ``fmt`` (no copy, no grad).
 
-    ``shape`` is the logical weight shape (required for q8_0 / q4_0); ``scale`` the scaled-fp8 scalar.
+    ``shape`` is the logical weight shape (required for q8_0 / q4_0); ``scale`` the scaled-fp8 scalar (checked for
+    NaN/inf here); ``origin`` names the file and tensor (``mochi_core.finite.weight_origin``): the weight is then
+    checked for NaN/inf at its first cast.
     """
     if fmt not in WEIGHT_FORMATS:
         raise InvalidInputError(f"weight format {fmt!r} not in {WEIGHT_FORMATS}")
@@ -302,12 +321,16 @@ def set_weight(
     module.weight = nn.Parameter(tensor, requires_grad=False)
     module.weight_format = fmt
     module.weight_shape = tuple(shape) if shape is not None else tuple(tensor.shape)
+    module.weight_origin = origin
+    module.weight_checked = False
     if fmt == "scaled_fp8":
         if scale is None:
             raise InvalidInputError("scaled_fp8 weights need a scale_weight")
         if scale.numel() != 1:
             raise InvalidInputError(f"scale_weight must be a single value; got shape {tuple(scale.shape)}")
         scale32 = scale.reshape(()).to(torch.float32)
+        if origin is not None:
+            check_finite(scale32, f"{origin} (its scale_weight)")
         module.register_buffer("scale_weight", scale32, persistent=True)
         module.scale_value = float(scale32)
     else:

@@ -29,6 +29,7 @@ from torch import nn
 
 from . import ops
 from .errors import InvalidInputError, MissingBackendError, UnsupportedCheckpointError
+from .finite import check_finite, weight_origin
 from .formats.io import open_checkpoint
 from .formats.t5 import T5Layout, T5Shape, inspect_t5
 from .options import T5Options, renamed
@@ -324,19 +325,26 @@ def _non_finite_message(dtype: torch.dtype, format_name: str) -> str:
 
 
 def _install_linear(
-    module: nn.Module, w: torch.Tensor, scale: torch.Tensor | None, target: torch.dtype, device: torch.device
+    module: nn.Module,
+    w: torch.Tensor,
+    scale: torch.Tensor | None,
+    target: torch.dtype,
+    device: torch.device,
+    origin: str,
 ) -> None:
-    """Install one Linear weight in storage dtype ``target`` (fp8 targets are stored as scaled fp8)."""
+    """Install one Linear weight in storage dtype ``target`` (fp8 targets are stored as scaled fp8); ``origin`` names
+    it for the NaN/inf check of its first use."""
     if scale is not None and target == w.dtype:
-        ops.set_weight(module, w.to(device), fmt="scaled_fp8", scale=scale.to(device))
+        ops.set_weight(module, w.to(device), fmt="scaled_fp8", scale=scale.to(device), origin=origin)
         return
     if scale is not None:
+        check_finite(scale, f"{origin} (its scale)")
         w = w.to(torch.float32) * scale.to(torch.float32)
     if target in FLOAT8_DTYPES and w.dtype != target:
         q, s = ops.quantize_scaled_fp8(w, target)
-        ops.set_weight(module, q.to(device), fmt="scaled_fp8", scale=s.to(device))
+        ops.set_weight(module, q.to(device), fmt="scaled_fp8", scale=s.to(device), origin=origin)
         return
-    ops.set_weight(module, w.to(device=device, dtype=target))
+    ops.set_weight(module, w.to(device=device, dtype=target), origin=origin)
 
 
 def load_text_encoder(
@@ -394,13 +402,16 @@ def _install(
 ) -> None:
     for name, key in layout.keys.items():
         w = ckpt.get(key)  # type: ignore[attr-defined]
+        origin = weight_origin(ckpt.infos[key].file, key)  # type: ignore[attr-defined]
         scale_key = layout.scales.get(name)
         scale = ckpt.get(scale_key).reshape(()) if scale_key else None  # type: ignore[attr-defined]
         if name == "shared.weight":
             target = storage_dtype_for(name, w.dtype, requested)
             if scale is not None:
                 w = w.to(torch.float32) * scale.to(torch.float32)
-            model.set_input_embeddings(_CastEmbedding(w.to(device=device, dtype=target), compute))
+            embedding = w.to(device=device, dtype=target)
+            check_finite(embedding, origin)  # read whole once here (0.26 GB at full size in fp16)
+            model.set_input_embeddings(_CastEmbedding(embedding, compute))
             continue
         module, attr = _resolve(model, name)
         if isinstance(module, ops.CastWeights) and attr == "weight":
@@ -408,7 +419,7 @@ def _install(
                 raise UnsupportedCheckpointError(
                     f"{key}: shape {tuple(w.shape)}, expected {tuple(module.weight.shape)}"
                 )
-            _install_linear(module, w, scale, storage_dtype_for(name, w.dtype, requested), device)
+            _install_linear(module, w, scale, storage_dtype_for(name, w.dtype, requested), device, origin)
         else:
             # norms and the relative attention bias: small, held in the compute dtype (T5's layer norm casts
             # its output to a 16-bit weight's dtype, which must not drag the residual stream down).
@@ -416,4 +427,6 @@ def _install(
             if w.shape != param.shape:
                 raise UnsupportedCheckpointError(f"{key}: shape {tuple(w.shape)}, expected {tuple(param.shape)}")
             w = w.to(torch.float32) * scale.to(torch.float32) if scale is not None else w
-            setattr(module, attr, nn.Parameter(w.to(device=device, dtype=compute), requires_grad=False))
+            value = w.to(device=device, dtype=compute)
+            check_finite(value, origin)
+            setattr(module, attr, nn.Parameter(value, requires_grad=False))

@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import ops, precision
 from ..errors import UnsupportedCheckpointError
+from ..finite import check_finite, weight_origin
 from ..formats.detect import DIT, require_component
 from ..formats.dit import DiTLayout, DiTSource, detect_dit_layout, read_source
 from ..formats.io import Checkpoint, open_checkpoint
@@ -125,10 +126,14 @@ def _install(
     target: torch.dtype | str | None,
     device: torch.device,
 ) -> None:
-    """Read one tensor, convert it to its storage format and install it in ``model`` (replacing the meta tensor)."""
+    """Read one tensor, convert it to its storage format and install it in ``model`` (replacing the meta tensor).
+
+    NaN/inf: cast-on-use weights are checked at their first use, every other (small) tensor here."""
     mod_name, _, attr = key.rpartition(".")
     module = model.get_submodule(mod_name) if mod_name else model
     t, scale = read_source(ckpt, src, prefix)
+    infos = ckpt.infos  # type: ignore[attr-defined]
+    origin = weight_origin(infos[prefix + src.keys[0]].file, *(prefix + k for k in src.keys))
     if attr == "weight" and isinstance(module, ops.CastWeights):
         t, fmt, scale = _convert(key, module, src, t, scale, target)
         ops.set_weight(
@@ -137,12 +142,15 @@ def _install(
             fmt=fmt,
             scale=scale.to(device) if scale is not None else None,
             shape=src.shape,
+            origin=origin,
         )
         return
     if src.fmt != "plain":
         raise UnsupportedCheckpointError(f"{key}: stored as {src.fmt}, but only Linear weights may be quantized")
     want = precision.storage_dtype_for(key, t.dtype, target if isinstance(target, torch.dtype) else None)
-    setattr(module, attr, nn.Parameter(t.to(device=device, dtype=want), requires_grad=False))
+    value = t.to(device=device, dtype=want)
+    check_finite(value, origin)
+    setattr(module, attr, nn.Parameter(value, requires_grad=False))
 
 
 def load_dit(

@@ -19,6 +19,7 @@ from torch import nn
 from .. import ops
 from ..devices import check_device
 from ..errors import InvalidInputError, UnsupportedCheckpointError
+from ..finite import check_finite, weight_origin
 from ..formats.io import Checkpoint, open_checkpoint
 from ..formats.vae import mapped_shapes, vae_key_map
 from ..options import VAE_COMPUTE, VAE_STORAGE, DecodeOptions, VAEOptions, renamed, resolve_dtype
@@ -62,6 +63,7 @@ def _fill(
     path: str,
     device: torch.device,
     dtype: torch.dtype | None,
+    origin: Callable[[str], str],
 ) -> None:
     expected = dict(model.named_parameters())
     missing = sorted(set(expected) - set(keys))
@@ -85,7 +87,19 @@ def _fill(
             target = dtype
         if key in norm_params and target in FLOAT8_DTYPES:
             target = torch.float32
-        _install(model, key, t.to(device=device, dtype=target))
+        value = t.to(device=device, dtype=target)
+        check_finite(value, origin(key))  # the VAE is small (0.9 GB at full size): every tensor, here
+        _install(model, key, value)
+
+
+def _origin(ckpt: Checkpoint, mapping: dict[str, list[str]]) -> Callable[[str], str]:
+    """How messages name the file tensor(s) behind one of our keys."""
+
+    def name(key: str) -> str:
+        srcs = mapping[key]
+        return weight_origin(ckpt.infos[srcs[0]].file, *srcs)
+
+    return name
 
 
 def _fetcher(ckpt: Checkpoint, mapping: dict[str, list[str]]) -> Callable[[str], torch.Tensor]:
@@ -264,6 +278,10 @@ class VAE:
         return self.encode_distribution(video)[0]
 
 
+def _in_memory(key: str) -> str:
+    return f"state dict, tensor {key}"
+
+
 def build_from_state_dict(
     decoder_sd: dict[str, torch.Tensor] | None, encoder_sd: dict[str, torch.Tensor] | None, *, device: str = "cpu"
 ) -> VAE:
@@ -273,11 +291,29 @@ def build_from_state_dict(
     if decoder_sd is not None:
         with torch.device("meta"):
             dec = Decoder(DecoderConfig.from_shapes({k: v.shape for k, v in decoder_sd.items()}))
-        _fill(dec, decoder_sd.__getitem__, list(decoder_sd), what="decoder", path="state_dict", device=dev, dtype=None)
+        _fill(
+            dec,
+            decoder_sd.__getitem__,
+            list(decoder_sd),
+            what="decoder",
+            path="state_dict",
+            device=dev,
+            dtype=None,
+            origin=_in_memory,
+        )
     if encoder_sd is not None:
         with torch.device("meta"):
             enc = Encoder(EncoderConfig.from_shapes({k: v.shape for k, v in encoder_sd.items()}))
-        _fill(enc, encoder_sd.__getitem__, list(encoder_sd), what="encoder", path="state_dict", device=dev, dtype=None)
+        _fill(
+            enc,
+            encoder_sd.__getitem__,
+            list(encoder_sd),
+            what="encoder",
+            path="state_dict",
+            device=dev,
+            dtype=None,
+            origin=_in_memory,
+        )
     return VAE(dec, enc, device=dev, dtype=default_compute_dtype(dev), layout="state_dict")
 
 
@@ -321,6 +357,7 @@ def load_vae(
                 path=str(path),
                 device=dev,
                 dtype=storage,
+                origin=_origin(ckpt, kmap.decoder),
             )
         if kmap.encoder is not None:
             ecfg = EncoderConfig.from_shapes(mapped_shapes(ckpt.infos, kmap.encoder))
@@ -334,6 +371,7 @@ def load_vae(
                 path=str(path),
                 device=dev,
                 dtype=storage,
+                origin=_origin(ckpt, kmap.encoder),
             )
     for m in (dec, enc):
         if m is not None:

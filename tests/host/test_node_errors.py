@@ -196,3 +196,26 @@ def test_messages_name_model_files_relative_to_the_model_folders(comfy_host, mod
     finally:
         dangling.unlink(missing_ok=True)
         truncated.unlink(missing_ok=True)
+
+
+def test_nan_weight_in_the_dit_file_is_named_at_the_first_step(comfy_host, models, prompt) -> None:
+    """A DiT file with a NaN-filled tensor loads (its weights stay memory-mapped) and fails at the first sampling
+    step with a message naming the file (relative: no server path) and the tensor; the next prompt runs."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    damaged = comfy_host.model_path("diffusion_models", "test_errors_nan_dit.safetensors")
+    sd = load_file(str(models["mochi_preview_bf16.safetensors"]))
+    key = "model.diffusion_model.blocks.1.mlp_x.w2.weight"
+    sd[key] = torch.full_like(sd[key], float("nan"))
+    save_file(sd, str(damaged))
+    node(prompt, "MochiDiTLoader")["inputs"]["dit_name"] = damaged.name
+    result = comfy_host.client.run(prompt, timeout=120)
+    assert result.status == "error", result.status
+    assert result.error["node_type"] == "MochiSampler", result.error
+    msg = result.error["exception_message"]
+    assert f"{damaged.name}, tensor {key}" in msg and "NaN" in msg, msg
+    assert str(comfy_host.models_dir) not in msg, msg
+    node(prompt, "MochiDiTLoader")["inputs"]["dit_name"] = "mochi_preview_bf16.safetensors"
+    ok = comfy_host.client.run(prompt, timeout=120)
+    assert ok.status == "success", ok.error
