@@ -14,7 +14,9 @@ memory, kernel limits) are predictions. This script measures them and prints one
    free GPU memory; the planner's reserve is not allocated, so it is left out of the comparison), and seconds per
    sampling step (random T5-shaped conditioning: no T5 weights are needed);
 4. the largest batch of one ``scaled_dot_product_attention`` call in the VAE encoder at 848x480 (CUDA launches
-   fail above 65,535).
+   fail above 65,535);
+5. the checks of ``bench/gpu_cuda_paths.py`` (encoder attention split, bf16 defaults by compute capability, decode
+   convolution sizes, block copies and pinned bytes of streaming, host syncs inside blocks), as rows of the table.
 
 Each row says whether the figure is within its bound: the planner's stated accuracy (15 %) for memory, the
 float-rounding bounds stated below for outputs, hard limits for kernel batches. Exit status 1 when any row is off,
@@ -353,6 +355,38 @@ def check_encoder_batch(device: torch.device, width: int, height: int, frames: i
     )
 
 
+# ---------------------------------------------------------------------------------------------- 5. CUDA paths
+
+
+def check_cuda_paths(device: torch.device) -> Iterator[Row]:
+    """Run ``bench/gpu_cuda_paths.py``'s checks in this process and turn its rows into ours."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gpu_cuda_paths as paths
+
+    from mochi_core.precision import default_compute_dtype
+
+    paths.ROWS.clear()
+    dtype = default_compute_dtype(device, warn=False)
+    steps = [
+        ("check_dtypes", (device,)),
+        ("check_encoder_attention", (device, dtype, False)),
+        ("check_decode", (device, dtype, False)),
+        ("check_streaming", (device, 6, False)),
+    ]
+    for name, args in steps:
+        fn = getattr(paths, name, None)
+        if fn is None:
+            yield Row(f"gpu_cuda_paths.{name}", "missing", "-", None, "renamed or removed: run the script itself")
+            continue
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - one failed check is a row; the others still run
+            paths.row(f"gpu_cuda_paths.{name}", f"error: {type(exc).__name__}: {str(exc)[:120]}", "-", False)
+        for check, measured, expected, verdict in paths.ROWS:
+            yield Row(check, measured, expected, None if verdict == "info" else verdict == "ok")
+        paths.ROWS.clear()
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -402,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     small = device.type == "cpu"
     w, h, f = (128, 64, 7) if small else (848, 480, 31)
     _run("VAE encoder attention", rows, lambda: check_encoder_batch(device, w, h, f))
+    if device.type == "cuda":
+        _run("CUDA paths (bench/gpu_cuda_paths.py)", rows, lambda: check_cuda_paths(device))
     if device.type == "cuda" and not args.skip_full:
         from mochi_core.memory import parse_bytes
 
