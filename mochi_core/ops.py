@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InvalidInputError
-from .finite import check_finite
+from .finite import check_finite, finite_flag
 
 __all__ = [
     "WEIGHT_FORMATS",
@@ -156,6 +156,9 @@ class CastWeights:
     #: first cast (``weight_checked`` then becomes True); None: never checked
     weight_origin: str | None = None
     weight_checked: bool = False
+    #: the first cast's finiteness as a 0-d bool tensor on the compute device, read (one sync for the whole model)
+    #: by ``mochi_core.finite.verify_weights`` after the forward; None when nothing is pending
+    weight_finite: torch.Tensor | None = None
 
     def compute_weight(
         self, dtype: torch.dtype, device: torch.device, rows: tuple[int, int] | None = None
@@ -164,9 +167,10 @@ class CastWeights:
         output rows ``rows = (start, stop)`` of it (every format stores whole rows, so a slice casts alone)."""
         w = self._cast(dtype, device, rows)
         if self.weight_origin is not None and not self.weight_checked:
-            # first use: check the slice just cast (in cache), never a second pass over a memory-mapped file
-            where = self.weight_origin if rows is None else f"{self.weight_origin} (rows {rows[0]}-{rows[1] - 1})"
-            check_finite(w, where)
+            # first use: a finiteness flag of the slice just cast (in cache; never a second pass over a memory-mapped
+            # file), kept on the device so no block waits for the host; verify_weights reads them all at once
+            flag = finite_flag(w)
+            self.weight_finite = flag if self.weight_finite is None or rows is None else self.weight_finite & flag
             shape = self.weight_shape or tuple(self.weight.shape)
             if rows is None or rows[1] >= shape[0]:  # Linear casts its row slices in order: the last one ends it
                 self.weight_checked = True

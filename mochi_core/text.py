@@ -29,7 +29,7 @@ from torch import nn
 
 from . import ops
 from .errors import InvalidInputError, MissingBackendError, UnsupportedCheckpointError
-from .finite import check_finite, weight_origin
+from .finite import check_finite, verify_weights, weight_origin
 from .formats.io import open_checkpoint
 from .formats.t5 import T5Layout, T5Shape, inspect_t5
 from .options import T5Options, renamed
@@ -306,6 +306,7 @@ class TextEncoder:
         ids = ids.to(self.device)
         mask = mask.to(self.device)
         out = self.model(input_ids=ids, attention_mask=mask.to(torch.int64))
+        verify_weights(self.model)  # first encode: a NaN/inf weight named by file and tensor (one host sync)
         feat = out.last_hidden_state.to(torch.float32)
         if not torch.isfinite(feat).all():
             raise InvalidInputError(_non_finite_message(self.dtype, self.format_name))

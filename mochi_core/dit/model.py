@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import ops
 from ..errors import InvalidInputError
+from ..finite import verify_weights
 from .attention import TokenCounts, check_backend
 from .block import AsymmetricJointBlock
 from .config import DiTConfig
@@ -221,6 +222,7 @@ class AsymmDiT(nn.Module):
 
         co = cfg.out_channels
         out = out.reshape(b, t, ph, pw, p, p, co).permute(0, 6, 1, 2, 4, 3, 5)
+        verify_weights(self)  # first forward: NaN/inf weights named by file and tensor (one host sync)
         return out.reshape(b, co, t, h, w).to(torch.float32)
 
     def extra_repr(self) -> str:
