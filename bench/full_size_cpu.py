@@ -35,6 +35,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -170,6 +171,26 @@ def _vmhwm(pid: int) -> int:
     return 0
 
 
+def _mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+def _watch_memory(proc: subprocess.Popen, floor: float, tripped: list[int]) -> None:
+    """Stop ``proc`` when the machine's available memory falls under ``floor`` bytes (a shared machine: never let
+    the benchmark push other work into the OOM killer)."""
+    while proc.poll() is None:
+        avail = _mem_available()
+        if avail < floor:
+            tripped.append(avail)
+            proc.terminate()
+            return
+        time.sleep(0.5)
+
+
 def peer_prompt(args: argparse.Namespace) -> dict[str, dict]:
     """The native graph: UNETLoader fp8 + random conditioning (12 / 1 valid tokens) + empty latent + KSampler."""
     return {
@@ -218,6 +239,8 @@ def run_peer(path: Path, args: argparse.Namespace) -> dict[str, object]:
         cmd += ["--base-directory", str(base), "--disable-auto-launch", "--database-url", "sqlite:///:memory:"]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, cwd=app, stdout=log, stderr=subprocess.STDOUT)
+        tripped: list[int] = []
+        threading.Thread(target=_watch_memory, args=(proc, args.min_available_gb * 1e9, tripped), daemon=True).start()
         try:
             client = ComfyClient(f"http://127.0.0.1:{port}")
             deadline = time.monotonic() + 600
@@ -227,7 +250,7 @@ def run_peer(path: Path, args: argparse.Namespace) -> dict[str, object]:
                 try:
                     client.get_json("/object_info/KSampler", timeout=10)
                     break
-                except OSError:
+                except (OSError, RuntimeError):  # not listening yet, or routes not ready
                     if time.monotonic() > deadline:
                         raise SystemExit("ComfyUI did not start within 600 s") from None
                     time.sleep(1)
@@ -239,8 +262,15 @@ def run_peer(path: Path, args: argparse.Namespace) -> dict[str, object]:
                     stamps.append(time.perf_counter())
 
             t0 = time.perf_counter()
-            result = client.run(peer_prompt(args), timeout=args.steps * 3600, on_event=on_event)
+            try:
+                result = client.run(peer_prompt(args), timeout=args.steps * 3600, on_event=on_event)
+            except OSError:
+                if tripped:
+                    raise SystemExit(f"peer stopped: available memory fell to {tripped[0] / 1e9:.2f} GB") from None
+                raise
             wall = time.perf_counter() - t0
+            if tripped:
+                raise SystemExit(f"peer stopped: available memory fell to {tripped[0] / 1e9:.2f} GB")
             if result.status != "success":
                 raise SystemExit(f"ComfyUI run failed: {result.error}\n{log_path.read_text()[-4000:]}")
             peak = _vmhwm(proc.pid)
@@ -278,6 +308,9 @@ def main() -> None:
     p.add_argument("--resident", type=int, nargs="*", default=[4], help="streaming variants (resident blocks)")
     p.add_argument("--skip-peer", action="store_true", help="measure ours only (no ratio)")
     p.add_argument("--keep-log", default=None, help="folder for the peer's ComfyUI log (default: discarded)")
+    p.add_argument(
+        "--min-available-gb", type=float, default=1.0, help="stop the peer when the machine's free memory falls below"
+    )
     args = p.parse_args()
     if args.steps < 2:
         p.error("--steps must be >= 2 (seconds per step are the intervals between step completions)")
