@@ -29,6 +29,7 @@ from mochi_core.testing.t5 import write_t5
 from mochi_core.testing.vae import random_decoder_state_dict, write_official_decoder
 from mochi_core.vae.tiling import TilePlan
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-5
 STEPS = 3
 # 4 heads (sp up to 4); a 48x48x7 video: latent (2, 6, 6), 18 visual tokens (sp 4 splits them 5, 5, 4, 4); 2 x 2
@@ -211,7 +212,6 @@ def test_prompt_list_on_two_ranks_writes_the_videos_of_single_runs(job, tmp_path
     import sys
 
     from mochi_core.cli import main
-    from tests.conftest import REPO_ROOT
 
     prompts = ["a red fox in the snow", "# a comment", "", "a blue whale", "three cats on a sofa"]
     listing = tmp_path / "prompts.txt"
