@@ -1,5 +1,5 @@
 """Run real multi-process jobs on the CPU (gloo) for the tests: :func:`spawn` starts ``world`` processes with
-``torch.multiprocessing`` and the ``env://`` variables torchrun would set; each runs :func:`worker`, which joins
+``torch.multiprocessing``, each given the ``env://`` variables torchrun would set; each runs :func:`worker`, which joins
 the process group and renders the jobs of a JSON spec with :func:`mochi_core.generate` in each parallel layout.
 
 Spec (JSON file): ``{"common": {generate keyword arguments}, "modes": [{"name", "cfg_parallel", "sp", "a2a",
@@ -35,10 +35,10 @@ def free_port() -> int:
 def spawn(
     world: int, spec: str | os.PathLike[str], out: str | os.PathLike[str], *, timeout: float = 120.0
 ) -> list[int | None]:
-    """Run :func:`worker` in ``world`` fresh processes (``spawn`` start method) and wait for all of them; returns
-    their exit codes (None: killed after ``timeout`` seconds). No process is stopped because another failed: that
-    is what the watchdog under test must do."""
-    import multiprocessing as mp
+    """Run :func:`worker` in ``world`` fresh processes (``torch.multiprocessing``, ``spawn`` start method) and wait
+    for all of them; returns their exit codes (None: killed after ``timeout`` seconds). No process is stopped because
+    another failed (as ``torch.multiprocessing.spawn`` would): that is what the watchdog under test must do."""
+    import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     port = free_port()
