@@ -250,3 +250,24 @@ def test_genmo_mask_key_is_skipped_and_missing_file_named(files, tmp_path: Path)
     assert load_lora(p).layers == load_lora(files["genmo"]).layers
     with pytest.raises(InvalidInputError, match=r"nope\.safetensors does not exist"):
         load_lora(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("layout", ["genmo", "diffusers"])
+def test_header_estimate_equals_the_bytes_a_block_gains(files, layout: str) -> None:
+    """The planner's header-only count equals what apply_loras adds to each block (shared q/k/v lora_A aside: the
+    estimate counts a diffusers q/k/v triple as three rank-r parts at the fused height, so for this file it is an upper
+    bound by 2 x r x (in + 3 D) x itemsize per fused layer)."""
+    from mochi_core.lora.estimate import lora_runtime_bytes
+
+    dit = load_dit(files["official"])
+    before = [block_nbytes(b) for b in dit.blocks]
+    apply_loras(dit, [(load_lora(files[layout]), 1.0), (load_lora(files["genmo"]), 0.5)])
+    gained = [block_nbytes(b) - n for b, n in zip(dit.blocks, before)]
+    other, blocks = lora_runtime_bytes([files[layout], files["genmo"]], depth=2, itemsize=4)
+    assert other == 0
+    if layout == "genmo":
+        assert blocks == gained
+    else:
+        extra = 2 * 4 * (96 + 288) * 4 + 2 * 4 * (48 + 288) * 4  # qkv_x (in 96) and qkv_y (in 48), out 3 x 96
+        fused_extra = [extra, extra]
+        assert [b - g for b, g in zip(blocks, gained)] == fused_extra

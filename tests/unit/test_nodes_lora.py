@@ -98,3 +98,21 @@ def test_lora_for_another_width_is_refused_when_the_node_runs(tiny: dict, tmp_pa
     with pytest.raises(InvalidInputError, match=r"full_size\.lora\.safetensors: shapes do not fit layer "):
         MochiLoRA().apply(tiny["dit"], str(wide), 1.0)
     assert tiny["dit"].loras == ()
+
+
+def test_placement_counts_the_lora_while_it_is_applied(tiny: dict) -> None:
+    """The sampler applies the chain before placing the DiT, so the placement sees (and streams) the LoRA bytes."""
+    from mochi_core.lora.estimate import lora_runtime_bytes
+    from nodes.lora import lora_scope
+    from nodes.placement import plan_placement
+
+    def weights(model: object) -> int:
+        return plan_placement(model, mode="auto", budget_bytes=0, free_bytes=10**12, act_bytes=0).weight_bytes
+
+    handle = MochiLoRA().apply(tiny["dit"], tiny["lora"], 1.0)[0]
+    base = weights(tiny["dit"].model)
+    with lora_scope(handle):
+        with_lora = weights(handle.model)
+    other, blocks = lora_runtime_bytes([tiny["lora"]], depth=2, itemsize=4)  # fp32 compute on the CPU
+    assert with_lora - base == other + sum(blocks) > 0
+    assert weights(tiny["dit"].model) == base
