@@ -5,7 +5,10 @@ The DiT benchmark's mid size (``bench/dit_forward.py``: depth 4, visual width 76
 Genmo's fine-tuner layout (all four attention projections of every block, as Genmo trains them) is applied with
 ``apply_loras`` at each rank; the run-time path and the merged weights are timed against the base model in the
 same process, forwards alternated (base, LoRA, merged, base, ...) so drift hits every variant alike; ratios of
-medians. Also printed: the ratio of multiply-adds the low-rank path adds (at this size and at the full model's),
+the median over rounds of each round's ratio (adjacent forwards), in the process's CPU time (the steadier clock on a
+machine shared with other work, where a forward can be descheduled; with ``--threads 1`` it counts exactly the work
+done) and in wall-clock time. The merged model does the base model's work, so its ratio is a null control: how far
+from 1.0 it lands is the noise of the measurement. Also printed: the ratio of multiply-adds the low-rank path adds (at this size and at the full model's),
 for context: rank 128 is 1/6 of the width here but 1/24 of the full model's 3072.
 
 Usage: python bench/lora_cost.py [--ranks 16 128] [--repeats 7] [--threads N] [--depth 4] [--width 768]
@@ -44,11 +47,12 @@ def lora_flops(cfg: DiTConfig, rank: int, visual: int, text: int) -> float:
     return 2.0 * total
 
 
-def time_forward(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
-    t0 = time.perf_counter()
+def time_forward(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[float, float]:
+    """(wall-clock seconds, process CPU seconds) of one forward."""
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         model(*inputs)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -81,7 +85,7 @@ def main() -> None:
         time_forward(model, inputs)  # warm-up
         for rank in args.ranks:
             lora = load_lora(write_lora(Path(tmp) / f"r{rank}.lora.safetensors", "genmo", cfg, rank=rank, alpha=rank))
-            times: dict[str, list[float]] = {"base": [], "lora": [], "merged": []}
+            times: dict[str, list[tuple[float, float]]] = {"base": [], "lora": [], "merged": []}
             for _ in range(args.repeats):
                 apply_loras(model, [])
                 times["base"].append(time_forward(model, inputs))
@@ -90,16 +94,23 @@ def main() -> None:
                 apply_loras(model, [(lora, 1.0)], merge=True)
                 times["merged"].append(time_forward(model, inputs))
             apply_loras(model, [])
-            med = {k: statistics.median(v) for k, v in times.items()}
+            wall = {k: [t[0] for t in v] for k, v in times.items()}
+            cpu = {k: [t[1] for t in v] for k, v in times.items()}
+
+            def paired(clock: dict[str, list[float]], variant: str) -> float:
+                """Median over the rounds of (variant / base) in the same round (adjacent forwards)."""
+                return statistics.median(v / b for v, b in zip(clock[variant], clock["base"]))
+
             mid_extra = lora_flops(cfg, rank, visual, args.valid) / forward_flops(
                 cfg, 1, visual, args.valid, args.valid
             )
             full_extra = lora_flops(full, rank, 44520, 256) / forward_flops(full, 1, 44520, 256, 256)
             print(
-                f"rank {rank:4d}: run-time LoRA / base = {med['lora'] / med['base']:.3f} "
-                f"(base {med['base'] * 1e3:.0f} ms, LoRA {med['lora'] * 1e3:.0f} ms; best-of ratio "
-                f"{min(times['lora']) / min(times['base']):.3f}); merged / base = {med['merged'] / med['base']:.3f}; "
-                f"added FLOPs {100 * mid_extra:.2f} % here, {100 * full_extra:.2f} % at full size 848x480x163"
+                f"rank {rank:4d}: run-time LoRA / base = {paired(cpu, 'lora'):.3f} CPU time, "
+                f"{paired(wall, 'lora'):.3f} wall (base {statistics.median(wall['base']) * 1e3:.0f} ms); "
+                f"null control merged / base (the same work) = {paired(cpu, 'merged'):.3f} CPU, "
+                f"{paired(wall, 'merged'):.3f} wall; added FLOPs {100 * mid_extra:.2f} % here, "
+                f"{100 * full_extra:.2f} % at full size 848x480x163"
             )
 
 
