@@ -102,6 +102,14 @@ def _add_generate_parser(subparsers: Any) -> None:
     )
     p.add_argument("--vae-storage-dtype", default=None, help="convert VAE weights: bf16, fp16 ...")
     p.add_argument("--attention", default="sdpa", help="DiT attention backend: sdpa, flash, sage")
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        help="apply a LoRA (Genmo's fine-tuner file or a diffusers / peft file) at STRENGTH (default 1; negative "
+        "subtracts); repeat to stack several",
+    )
     p.add_argument("--memory-budget", default=None, help="decode memory budget, e.g. 8GB (tiles to fit)")
     p.add_argument(
         "--budget",
@@ -271,7 +279,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from .devices import check_device
-    from .options import ParallelOptions
+    from .options import LoRAOptions, ParallelOptions, parse_lora_arg
     from .parallel import ParallelLayout
     from .parallel.launch import prepare, run
     from .parallel.prompts import read_prompts
@@ -284,6 +292,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     budget = parse_bytes(args.memory_budget, name="--memory-budget") if args.memory_budget else None
     job_budget = parse_bytes(args.budget, name="--budget") if args.budget else None
+    loras = LoRAOptions.resolve(loras=[parse_lora_arg(t) for t in args.lora], names={"loras": "--lora"}).loras
     prompts = read_prompts(args.prompts) if args.prompts is not None else [args.prompt]
     options = ParallelOptions.resolve(
         cfg_parallel=args.cfg_parallel,
@@ -322,6 +331,7 @@ def _run_generate(args: argparse.Namespace) -> int:
             attention=args.attention,
             memory_budget=budget,
             budget=job_budget,
+            loras=list(loras),
             callback=bars.sampling,
             decode_progress=bars.decode,
             parallel=launch.parallel,

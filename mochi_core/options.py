@@ -1,4 +1,5 @@
-"""What a user chooses, checked once: frozen option records for the DiT, T5, VAE, decode, sampling and the job.
+"""What a user chooses, checked once: frozen option records for the DiT, T5, VAE, decode, sampling, LoRAs and the
+job.
 
 Every record has one ``resolve(...)`` classmethod. It is the only validator of its fields: it takes the values as
 callers pass them (names, aliases, numpy scalars, ``"auto"``), refuses a bad one with an
@@ -45,6 +46,8 @@ __all__ = [
     "DecodeOptions",
     "SamplingOptions",
     "JobOptions",
+    "LoRAOptions",
+    "parse_lora_arg",
     "StreamingSpec",
     "ParallelOptions",
     "resolve_dtype",
@@ -422,6 +425,72 @@ class JobOptions:
     def latent_shape(self) -> tuple[int, int, int, int]:
         """(12, T, H/8, W/8) of this video."""
         return (12, (self.frames - 1) // 6 + 1, self.height // 8, self.width // 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_lora_arg(text: Any, *, what: str = "--lora") -> tuple[str, float]:
+    """``PATH[:STRENGTH]`` (the command line's form) -> (path, strength), strength 1.0 when absent. The text after the
+    last ``:`` is a strength only when it reads as a number, so a path with a colon (``C:\\loras\\x``) stays whole;
+    the strength is then checked by :meth:`LoRAOptions.resolve`."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInputError(
+            f"{what}={text!r} is not allowed: give PATH or PATH:STRENGTH (e.g. model_2000.lora.safetensors:0.8)"
+        )
+    path, sep, tail = text.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+@dataclass(frozen=True)
+class LoRAOptions:
+    """LoRAs made active on the DiT for a job: ``loras``, in order, pairs of (a :class:`~mochi_core.lora.LoRA` or a
+    header-checked path, strength as a finite float: 1 = as trained, 0 = off, negative = subtracted)."""
+
+    loras: tuple[tuple[Any, float], ...] = ()
+
+    @classmethod
+    def resolve(cls, *, loras: Any = None, names: Mapping[str, str] | None = None) -> LoRAOptions:
+        """``loras``: None or [] (none), or a list of ``(lora, strength)`` pairs or ``"PATH[:STRENGTH]"`` strings;
+        ``lora`` a :func:`mochi_core.load_lora` result or a file path. A path is checked from its header now (a
+        pickle, a LoRA for another model, a file that is no LoRA are refused naming it); which layers it changes and
+        their shapes are checked against the DiT when the LoRAs are applied."""
+        import os
+
+        from .lora.model import LoRA
+        from .lora.reader import check_lora_file
+
+        what = _Names(names)("loras")
+        if loras is None:
+            return cls()
+        if isinstance(loras, (str, bytes, os.PathLike, LoRA)) or not isinstance(loras, Sequence):
+            raise InvalidInputError(
+                f"{what} must be a list of (lora, strength) pairs (lora: a load_lora result or a file path); got "
+                f"{type(loras).__name__}"
+            )
+        out = []
+        for i, item in enumerate(loras):
+            if isinstance(item, str):
+                item = parse_lora_arg(item, what=f"{what}[{i}]")
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise InvalidInputError(f"{what}[{i}]={item!r} must be a (lora, strength) pair")
+            lora, strength = item
+            if isinstance(lora, (str, os.PathLike)):
+                check_lora_file(lora)
+            elif not isinstance(lora, LoRA):
+                raise InvalidInputError(
+                    f"{what}[{i}]: {type(lora).__name__} is not a LoRA; pass a load_lora result or a file path"
+                )
+            value = as_real(f"{what}[{i}] strength", strength, what="a finite real number (negative allowed)")
+            out.append((lora, value))
+        return cls(tuple(out))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ are cleared, so a caught error does not keep it alive).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -40,6 +41,7 @@ from .options import (
     DecodeOptions,
     DiTOptions,
     JobOptions,
+    LoRAOptions,
     SamplingOptions,
     StreamingSpec,
     T5Options,
@@ -106,6 +108,7 @@ class _Setup:
     vae: VAEOptions
     decode: DecodeOptions
     owns: dict[str, bool]
+    lora: LoRAOptions = LoRAOptions()
     dit_streaming: StreamingSpec | None = None
     t5_streaming: StreamingSpec | None = None
     plan: Any = None
@@ -232,6 +235,7 @@ def _plan_job(setup: _Setup, budget: Any, models: tuple[Any, Any, Any], batch_cf
         attention=setup.dit.attention,
         batch_cfg=None if batch_cfg else False,
         **({} if parallel is None else {"cfg_parallel": parallel.layout.cfg_parallel, "sp": parallel.layout.sp}),
+        loras=[getattr(lora, "path", lora) for lora, _ in setup.lora.loras],
     )
     require_fit(job)
     logger.info("memory plan:\n%s", job.summary())
@@ -320,22 +324,29 @@ def _sampling_phase(
     callbacks: dict[str, Any],
     timings: dict[str, float],
 ) -> tuple[torch.Tensor, str]:
-    """The final latent (DiT space) and the DiT's format; a DiT loaded here gets the plan's block streaming and is
-    released afterwards, also on failure or interrupt. A DiT passed in is used as it is."""
+    """The final latent (DiT space) and the DiT's format; a DiT loaded here gets the job's LoRAs and the plan's block
+    streaming and is released afterwards, also on failure or interrupt. A DiT passed in is used as it is, with the
+    job's LoRAs (if any) active while it samples."""
+    from .lora import apply_loras, loras_applied
     from .memory.streaming import apply_streaming
 
     owns = setup.owns["dit"]
     model: Any = None
     streamer: Any = None
+    scope = contextlib.ExitStack()
     t0 = time.perf_counter()
     try:
         if owns:
             from .dit import load_dit
 
             model = load_dit(dit, options=setup.dit)
+            if setup.lora.loras:  # before streaming: the LoRA tensors then travel with their blocks
+                apply_loras(model, setup.lora.loras)
             streamer = apply_streaming(model, setup.dit_streaming, device=setup.dev)
         else:
             model = dit
+            if setup.lora.loras:  # a DiT passed in gets them for this job only
+                scope.enter_context(loras_applied(model, setup.lora.loras))
         fmt = str(getattr(model, "checkpoint_format", ""))
         timings["dit_load_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -355,6 +366,7 @@ def _sampling_phase(
     finally:
         if streamer is not None:
             streamer.remove()  # waits for its copies and unpins its host memory now, not at garbage collection
+        scope.close()  # after the streamer is gone: a DiT passed in is left with the LoRAs it had before
         del model, streamer
         if owns:
             release_memory(setup.dev)
@@ -457,6 +469,7 @@ def generate(
     t5_storage_dtype: str | torch.dtype | None = None,
     vae_compute_dtype: str | torch.dtype | None = None, vae_storage_dtype: str | torch.dtype | None = None,
     memory_budget: int | None = None, tile: Any = None, budget: int | str | None = None, plan: Any = None,
+    loras: Sequence[Any] | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None, should_stop: Callable[[], bool] | None = None,
     decode_progress: Callable[..., None] | None = None, parallel: Any = None,
     dtype: str | torch.dtype | None = None, vae_dtype: str | torch.dtype | None = None,
@@ -472,7 +485,9 @@ def generate(
     ``vae_dtype``): DiT / VAE compute dtypes (default fp32 on CPU, bf16 on CUDA); T5 computes in fp32.
     ``*_storage_dtype``: weight storage conversions (None keeps the files'). ``memory_budget`` (bytes) or
     ``tile``, not both: the VAE decode's tiling. ``callback(step, total, x0)``, ``should_stop()`` (also between
-    decode tiles), ``decode_progress(done, total)``. ``parallel``: a :class:`mochi_core.parallel.ParallelRun` when
+    decode tiles), ``decode_progress(done, total)``. ``loras``: ``[(path or load_lora result,
+    strength), ...]``, active on the DiT while it samples (a DiT passed in gets back the LoRAs it had before); see
+    :func:`mochi_core.apply_loras`. ``parallel``: a :class:`mochi_core.parallel.ParallelRun` when
     several processes compute this video (same arguments on every rank; only rank 0 gets ``frames``).
     """
     t_start = time.perf_counter()
@@ -492,11 +507,12 @@ def generate(
         vae_storage_dtype=vae_storage_dtype,
     )  # fmt: skip
     decode = DecodeOptions.resolve(memory_budget=memory_budget, tile=tile)
+    lora = LoRAOptions.resolve(loras=loras)
     callbacks = {"callback": callback, "should_stop": should_stop, "decode_progress": decode_progress}
     for name, fn in callbacks.items():
         check_callable(fn, name=name)
     owns = _check_models(dit, text_encoder, vae, tokenizer)
-    setup = _Setup(job, sampling, dev, *models, decode=decode, owns=owns)
+    setup = _Setup(job, sampling, dev, *models, decode=decode, owns=owns, lora=lora)
     if budget is not None and plan is None:
         plan = _plan_job(setup, budget, (dit, text_encoder, vae), sampling.batch_cfg, parallel)
     setup = _apply_parallel(_apply_plan(setup, plan), parallel, dit)
@@ -521,6 +537,9 @@ def generate(
     timings["decode_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     cfgs = sampling.cfg if cfg_schedule is None else list(sampling.cfgs)
-    summary = _summary(setup, latent, {"cfg": cfgs, "formats": formats, "timings": timings})
+    lora_files = [
+        {"file": os.path.basename(str(getattr(x, "path", x))), "strength": strength} for x, strength in lora.loras
+    ]
+    summary = _summary(setup, latent, {"cfg": cfgs, "formats": formats, "timings": timings, "loras": lora_files})
     logger.info("generated %d frames %dx%d in %.1f s", job.frames, job.width, job.height, timings["total_s"])
     return GenerationResult(frames=video, latent=latent.cpu(), summary=summary)

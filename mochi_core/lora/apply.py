@@ -38,7 +38,7 @@ from .. import ops
 from ..errors import InvalidInputError
 from ..memory.streaming import streaming_attached
 from ..precision import lora_factor_dtype, merge_storage_dtypes
-from ..scalars import as_bool, as_real
+from ..scalars import as_bool
 from .model import LoRA, LoRAPart
 from .reader import load_lora
 
@@ -76,24 +76,11 @@ def _check_dit(dit: Any) -> nn.Module:
 
 
 def _normalize(loras: Any) -> list[tuple[LoRA, float]]:
-    if isinstance(loras, (str, bytes, os.PathLike, LoRA)) or not isinstance(loras, Sequence):
-        raise InvalidInputError(
-            f"loras must be a list of (lora, strength) pairs (lora: a load_lora result or a file path); got "
-            f"{type(loras).__name__}"
-        )
-    out = []
-    for i, item in enumerate(loras):
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise InvalidInputError(f"loras[{i}]={item!r} must be a (lora, strength) pair")
-        lora, strength = item
-        if isinstance(lora, (str, os.PathLike)):
-            lora = load_lora(lora)
-        elif not isinstance(lora, LoRA):
-            raise InvalidInputError(
-                f"loras[{i}]: {type(lora).__name__} is not a LoRA; pass a load_lora result or a file path"
-            )
-        out.append((lora, as_real(f"loras[{i}] strength", strength, what="a finite real number (negative allowed)")))
-    return out
+    """The (LoRA, strength) list, checked by :class:`~mochi_core.options.LoRAOptions` (paths then read)."""
+    from ..options import LoRAOptions
+
+    resolved = LoRAOptions.resolve(loras=loras)
+    return [(lora if isinstance(lora, LoRA) else load_lora(lora), s) for lora, s in resolved.loras]
 
 
 def _linear(dit: nn.Module, lora: LoRA, part: LoRAPart) -> ops.Linear:

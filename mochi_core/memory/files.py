@@ -11,7 +11,9 @@ any weight is read.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -126,12 +128,14 @@ def plan_for_files(
     batch_cfg: bool | None = None,
     cfg_parallel: bool = False,
     sp: int = 1,
+    loras: Sequence[Any] = (),
 ) -> Plan:
     """:func:`~mochi_core.memory.planner.plan` for these files; ``*_storage`` None = as stored in the file.
 
     ``vae_dtype`` None = the device's default compute dtype (``precision.default_compute_dtype``: bf16 on CUDA
     GPUs with native bf16, fp32 on older GPUs and on CPU). ``batch_cfg`` None lets the
     planner choose (batched when it fits). ``cfg_parallel`` / ``sp``: plan one rank of a multi-process run.
+    ``loras``: LoRA files applied at run time (counted in the DiT blocks).
     """
     files = inspect_model_files(dit, text_encoder, vae)
     dev = str(device).split(":")[0]
@@ -156,6 +160,7 @@ def plan_for_files(
         batch_cfg=batch_cfg,
         cfg_parallel=cfg_parallel,
         sp=sp,
+        loras=loras,
     )
     stored = tuple(name for name, asked in (("dit", dit_storage), ("t5", t5_storage)) if asked is None)
     return replace(job, as_stored=stored)

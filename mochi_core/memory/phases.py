@@ -84,6 +84,7 @@ class PhaseModel:
         batch: int = 1,
         sp: int = 1,
         cfg_parallel: bool = False,
+        lora_bytes: tuple[int, list[int]] | None = None,
     ) -> None:
         self.sp, self.cfg_parallel = sp, cfg_parallel
         self.lt, self.lh, self.lw = latent
@@ -102,6 +103,9 @@ class PhaseModel:
             t5_sizes, prompts=2, compute_dtype=t5_compute_dtype, storage=t5_storage, device_type=device_type
         )
         self.dit_other, self.dit_blocks = dit_weight_bytes(dit_config, dit_storage)
+        if lora_bytes is not None:  # run-time LoRA factors live (and stream) with the layers they change
+            self.dit_other += lora_bytes[0]
+            self.dit_blocks = [b + extra for b, extra in zip(self.dit_blocks, lora_bytes[1])]
         self.decoder_bytes = decoder_weight_bytes(decoder_config, vae_dtype)
         self.latent_shape = (batch, decoder_config.latent_dim, self.lt, self.lh, self.lw)
         # the DiT-space latent and its VAE-space copy (the compute-dtype copy when it differs is in the tile's z)

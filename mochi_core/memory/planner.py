@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -135,6 +136,8 @@ class Plan:
     #: a multi-process run: this plan is per rank (see :class:`~mochi_core.memory.phases.PhaseModel`)
     cfg_parallel: bool = False
     sp: int = 1
+    #: bytes of run-time LoRA factors counted in the DiT (0 without LoRAs)
+    lora_bytes: int = 0
 
     # -- what the pipeline and the nodes apply (a plan never changes a model) -----------------------
     @property
@@ -223,6 +226,8 @@ class Plan:
             + f"; T5 {self.t5_storage}: {self.t5_resident_blocks}/{self.t5_layers} layers "
             f"resident; decode {self.tile_text()}" + (" (forced)" if self.decode_tile_forced else ""),
         ]
+        if self.lora_bytes:
+            lines.append(f"LoRA factors (run time, in the DiT's weights): {format_bytes(self.lora_bytes)}")
         for p in self.phases:
             lines.append(
                 f"  {p.name:14s} {format_bytes(p.peak_bytes)} = weights {p.weights_bytes / GB:.2f} GB + activations "
@@ -259,6 +264,7 @@ def plan(
     batch: int = 1,
     cfg_parallel: bool = False,
     sp: int = 1,
+    loras: Sequence[Any] = (),
 ) -> Plan:
     """Plan one ``width``x``height``x``frames`` generation under ``budget_bytes`` on ``device``.
 
@@ -270,7 +276,9 @@ def plan(
     (0..the DiT's token length, default all of them, the worst case). ``reserve_bytes``: kept free on the device
     (bytes or a size such as "768MiB"; default 768 MiB on CUDA, 0 on CPU). ``batch``: videos sampled and decoded
     together (1..64; a batched latent). ``cfg_parallel`` / ``sp``: plan one rank of a multi-process run (``sp``
-    must divide the heads; each CFG rank runs its half). Sizes follow mochi-spec.md §3.6 (frames
+    must divide the heads; each CFG rank runs its half). ``loras``: LoRA files applied at run time (their factors,
+    read from the headers, are counted in the DiT blocks they change, in the compute dtype). Sizes follow
+    mochi-spec.md §3.6 (frames
     6k+1, width/height multiples of 16). Every argument is validated first
     (:class:`~mochi_core.errors.InvalidInputError` names it). Returns a :class:`Plan` (``fits`` may be False; see
     :func:`require_fit`).
@@ -309,6 +317,7 @@ def plan(
     layout.check_heads(cfg.num_heads)
     if layout.cfg_parallel:
         batch_cfg = True  # each CFG rank runs its half of the batch
+    lora_bytes = _lora_bytes(loras, cfg.depth, _DTYPE_BYTES[cdt])
 
     backend = attention_backend(dev, attention, _DTYPE_BYTES[cdt], cfg.head_dim)
     model = PhaseModel(
@@ -329,6 +338,7 @@ def plan(
         batch=batch,
         sp=layout.sp,
         cfg_parallel=layout.cfg_parallel,
+        lora_bytes=lora_bytes,
     )
     text = _choose_text(model, budget)
     samp = _choose_sampling(model, budget, resident_blocks, batch_cfg)
@@ -384,6 +394,7 @@ def plan(
         decode_tile_forced=forced_tile is not None,
         cfg_parallel=layout.cfg_parallel,
         sp=layout.sp,
+        lora_bytes=lora_bytes[0] + sum(lora_bytes[1]),
     )
     logger.debug("plan: %s", result.summary())
     return result
@@ -438,6 +449,17 @@ def _notes(model: PhaseModel, backend: str, resident: int, t5_resident: int) -> 
     if t5_resident < model.t5_depth:
         notes.append(f"T5 layer streaming: {model.t5_depth - t5_resident} of {model.t5_depth} layers stream")
     return notes
+
+
+def _lora_bytes(loras: Any, depth: int, itemsize: int) -> tuple[int, list[int]]:
+    """(outside the blocks, per block) bytes of the run-time LoRA factors of the files ``loras``."""
+    if not loras:
+        return 0, [0] * depth
+    from ..lora.estimate import lora_runtime_bytes
+    from ..options import LoRAOptions
+
+    paths = [getattr(x, "path", x) for x, _ in LoRAOptions.resolve(loras=[(x, 1.0) for x in loras]).loras]
+    return lora_runtime_bytes(paths, depth=depth, itemsize=itemsize)
 
 
 def require_fit(p: Plan) -> Plan:

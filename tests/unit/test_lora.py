@@ -271,3 +271,24 @@ def test_header_estimate_equals_the_bytes_a_block_gains(files, layout: str) -> N
         extra = 2 * 4 * (96 + 288) * 4 + 2 * 4 * (48 + 288) * 4  # qkv_x (in 96) and qkv_y (in 48), out 3 x 96
         fused_extra = [extra, extra]
         assert [b - g for b, g in zip(blocks, gained)] == fused_extra
+
+
+def test_planner_counts_lora_bytes_in_the_blocks(tmp_path: Path) -> None:
+    """A rank-8 LoRA for the full-size DiT (header only: written as a real file, Genmo's layout) adds its factors,
+    in the compute dtype, to the sampling phase's weights; the plan says how much."""
+    from mochi_core.dit.config import DiTConfig
+    from mochi_core.memory import plan
+
+    full = DiTConfig()
+    path = write_lora(tmp_path / "full.lora.safetensors", "genmo", full, rank=8, std=0.0)
+    base = plan(848, 480, 31, budget_bytes="40GB", device="cuda", dit_storage="fp8_e4m3fn")
+    with_lora = plan(848, 480, 31, budget_bytes="40GB", device="cuda", dit_storage="fp8_e4m3fn", loras=[path])
+    # per block: qkv_x r(3072 + 9216), qkv_y r(1536 + 9216), proj_x r(3072 + 3072), proj_y r(3072 + 1536) in bf16
+    per_block = 8 * ((3072 + 9216) + (1536 + 9216) + (3072 + 3072) + (3072 + 1536)) * 2
+    expected = 48 * per_block - 8 * (3072 + 1536) * 2  # the last block has no proj_y
+    assert with_lora.lora_bytes == expected
+    grown = with_lora.phase("sampling").weights_bytes - base.phase("sampling").weights_bytes
+    assert grown == expected
+    assert "LoRA factors" in with_lora.summary()
+    with pytest.raises(UnsupportedCheckpointError, match="not a LoRA file"):
+        plan(848, 480, 31, budget_bytes="40GB", loras=[write_dit(tmp_path / "d.safetensors", "official")])
