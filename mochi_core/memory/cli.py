@@ -54,6 +54,13 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--cfg-parallel", action="store_true", help="plan one rank of a CFG-parallel run (torchrun)")
     p.add_argument("--sp", type=int, default=1, help="plan one rank of an N-way sequence-parallel run (torchrun)")
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        help="count a LoRA file's run-time factors in the DiT (repeatable; the strength does not change the bytes)",
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run_plan)
     return p
@@ -62,6 +69,9 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_plan(args: argparse.Namespace) -> int:
     """Run the ``plan`` subcommand; prints the plan on stdout, returns the exit status."""
     try:
+        from ..options import parse_lora_arg
+
+        loras = [parse_lora_arg(t)[0] for t in args.lora]
         result = plan(
             args.width,
             args.height,
@@ -81,6 +91,7 @@ def run_plan(args: argparse.Namespace) -> int:
             else parse_bytes(args.reserve, what="--reserve", allow_zero=True),
             cfg_parallel=args.cfg_parallel,
             sp=args.sp,
+            loras=loras,
         )
     except MochiError as exc:
         sys.stderr.write(f"error: {exc}\n")

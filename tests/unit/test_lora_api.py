@@ -129,3 +129,12 @@ def test_cli_renders_with_stacked_loras(models, tmp_path, capsys) -> None:
         {"file": "model_2000.lora.safetensors", "strength": 0.8},
         {"file": "pytorch_lora_weights.safetensors", "strength": 1.0},
     ]
+
+
+def test_plan_subcommand_counts_the_lora(models, capsys) -> None:
+    assert main(["plan", "--budget", "40GB", "--lora", f"{models['lora']}:0.5", "--json"]) == 0
+    tiny_on_full = json.loads(capsys.readouterr().out)["lora_bytes"]  # the tiny LoRA's factors, block indices < 48
+    from mochi_core.lora.estimate import lora_runtime_bytes
+
+    other, blocks = lora_runtime_bytes([models["lora"]], depth=48, itemsize=2)  # bf16 on CUDA
+    assert tiny_on_full == other + sum(blocks) > 0
