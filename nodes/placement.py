@@ -211,7 +211,7 @@ def plan_sampling(
     ``memory`` (the DiT loader's input): "auto" lets the planner choose; "full" keeps every block resident;
     "stream" runs the CFG passes one after another and streams what does not fit. ``cfg_pass``: False when cfg
     is 1 (no negative pass, like an unbatched CFG step). ``text_shape``: (tokens, features) of the conditioning
-    the sampler holds on the device."""
+    the sampler holds on the device. LoRAs of the handle's chain are counted in the DiT blocks they change."""
     from mochi_core.dtypes import dtype_name
     from mochi_core.memory import T5Sizes
 
@@ -224,6 +224,8 @@ def plan_sampling(
         "compute_dtype": dtype_name(model.compute_dtype),
         "attention": model.attention,
     }
+    if getattr(dit, "loras", ()):  # the chain's LoRA factors, applied before placement, live in the blocks
+        kwargs["loras"] = [lora for lora, _ in dit.loras]
     if not cfg_pass or memory == "stream":
         kwargs["batch_cfg"] = False
     if memory == "full":

@@ -100,19 +100,21 @@ def test_lora_for_another_width_is_refused_when_the_node_runs(tiny: dict, tmp_pa
     assert tiny["dit"].loras == ()
 
 
-def test_placement_counts_the_lora_while_it_is_applied(tiny: dict) -> None:
-    """The sampler applies the chain before placing the DiT, so the placement sees (and streams) the LoRA bytes."""
-    from mochi_core.lora.estimate import lora_runtime_bytes
+def test_sampling_plan_counts_the_chain_s_loras(tiny: dict) -> None:
+    """The sampler's placement plan counts the LoRA factors in the DiT's weights (they are applied before placement
+    and stream with their blocks); the bytes are what applying them adds to the model."""
+    from mochi_core.memory.streaming import block_nbytes
     from nodes.lora import lora_scope
-    from nodes.placement import plan_placement
+    from nodes.placement import plan_sampling
 
-    def weights(model: object) -> int:
-        return plan_placement(model, mode="auto", budget_bytes=0, free_bytes=10**12, act_bytes=0).weight_bytes
+    def sampling_weights(handle: object) -> int:
+        job = plan_sampling(handle, (1, 12, 2, 4, 4), torch.device("cpu"), memory="auto", budget_bytes=0, cfg_pass=True)
+        return job.plan.phase("sampling").weights_bytes
 
     handle = MochiLoRA().apply(tiny["dit"], tiny["lora"], 1.0)[0]
-    base = weights(tiny["dit"].model)
+    before = block_nbytes(handle.model)
     with lora_scope(handle):
-        with_lora = weights(handle.model)
-    other, blocks = lora_runtime_bytes([tiny["lora"]], depth=2, itemsize=4)  # fp32 compute on the CPU
-    assert with_lora - base == other + sum(blocks) > 0
-    assert weights(tiny["dit"].model) == base
+        applied = block_nbytes(handle.model) - before
+    assert applied > 0
+    assert sampling_weights(handle) - sampling_weights(tiny["dit"]) == applied
+    assert block_nbytes(handle.model) == before
