@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from .quants import QUANT_TYPES
+
 __all__ = [
     "ALIASES",
     "AUTO",
     "BYTES",
     "COMPUTE_DTYPES",
+    "GGUF_BLOCKS",
     "QUANTIZED",
     "TORCH_DTYPES",
     "canonical_name",
@@ -33,11 +36,15 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 #: Dtypes a model may compute in (matmul dtype). fp8 is storage only.
 COMPUTE_DTYPES: dict[str, torch.dtype] = {k: TORCH_DTYPES[k] for k in ("fp32", "bf16", "fp16")}
 
-#: Block-quantized storage formats (GGUF layouts), held as bytes and dequantized on use.
+#: Block-quantized storage formats (GGUF layouts) a user may ask for: weights are quantized to them at load.
 QUANTIZED: tuple[str, ...] = ("q8_0", "q4_0")
 
+#: Every GGUF block format a file may hold (a ``.gguf`` keeps its own types; :mod:`mochi_core.quants` expands them
+#: on use): q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k.
+GGUF_BLOCKS: tuple[str, ...] = tuple(QUANT_TYPES)
+
 #: Bytes per element of each name; ``scaled_fp8`` is fp8 with a per-tensor scale (a file's format, planner only);
-#: quantized formats are counted per block by the planner.
+#: a GGUF block format's bytes per value are its block bytes over its block values (the planner counts whole blocks).
 BYTES: dict[str, float] = {
     "fp32": 4,
     "bf16": 2,
@@ -45,8 +52,7 @@ BYTES: dict[str, float] = {
     "fp8_e4m3fn": 1,
     "fp8_e5m2": 1,
     "scaled_fp8": 1,
-    "q8_0": 34 / 32,
-    "q4_0": 18 / 32,
+    **{name: q.type_size / q.block_size for name, q in QUANT_TYPES.items()},
 }
 
 #: Other spellings of the names above (lower case; a ``torch.`` prefix is dropped first).

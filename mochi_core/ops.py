@@ -6,8 +6,9 @@ style.md "inject operations"). A weight can be held as:
 - ``plain``: any floating dtype (fp32, bf16, fp16, fp8_e4m3fn, fp8_e5m2); cast to the input's dtype;
 - ``scaled_fp8``: Comfy's scaled fp8 — an fp8 weight and an fp32 scalar ``scale_weight``; W = W_fp8 * scale;
   the product is formed in fp32 and rounded once to the compute dtype (GGUF block scales likewise);
-- ``q8_0`` / ``q4_0``: GGUF-style blocks of 32 values in a uint8 tensor of shape (out, in/32*34) or
-  (out, in/32*18) with an fp16 scale per block (kijai's GGUF-in-safetensors layout).
+- a GGUF block format (``q8_0``, ``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``, ``q2_k`` ... ``q6_k``, the names of
+  :data:`mochi_core.quants.QUANT_TYPES`): a uint8 tensor (out, bytes per row) whose rows are whole blocks, expanded
+  by :func:`mochi_core.quants.dequantize` (the one block-quant code path) on the device of the input.
 
 The cast happens in :meth:`CastWeights.compute_weight`, once per forward, on the device of the input,
 so weights may live on another device (the offload device) and travel layer by layer. On the CPU a
@@ -20,12 +21,14 @@ DiT (``bench/full_size_cpu.py``): 55.6 -> 29.9 s per step and 11.03 -> 10.91 GB 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import quants
 from .errors import InvalidInputError
 from .finite import check_finite, finite_flag
 
@@ -50,10 +53,11 @@ __all__ = [
     "cast_chunk_rows",
 ]
 
-WEIGHT_FORMATS = ("plain", "scaled_fp8", "q8_0", "q4_0")
-QK = 32  # values per GGUF block
-_Q8_0_BYTES = 34  # fp16 scale + 32 int8
-_Q4_0_BYTES = 18  # fp16 scale + 16 bytes of nibbles
+#: Storage formats of a cast-on-use weight: plain, scaled fp8, and every GGUF block format of mochi_core.quants.
+WEIGHT_FORMATS = ("plain", "scaled_fp8", *quants.QUANT_TYPES)
+QK = quants.QK  # values per legacy GGUF block
+quantize_q8_0 = quants.quantize_q8_0
+quantize_q4_0 = quants.quantize_q4_0
 CPU_CAST_CHUNK_BYTES = 8 * 2**20  # the largest cast buffer a CPU Linear allocates at once (see module docstring)
 
 
@@ -67,65 +71,18 @@ def cast_to(t: torch.Tensor | None, dtype: torch.dtype, device: torch.device) ->
 
 
 # ----------------------------------------------------------------------------------------------
-# GGUF Q8_0 / Q4_0 blocks (rows cut into blocks of 32 values)
+# GGUF blocks: one code path, mochi_core.quants (re-exported here under the names the loaders use)
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_blocks(shape: tuple[int, ...]) -> tuple[int, int]:
-    if len(shape) != 2 or shape[1] % QK:
-        raise InvalidInputError(
-            f"GGUF blocks need a 2-D weight whose input width is a multiple of {QK}; got {tuple(shape)}"
-        )
-    return int(shape[0]), int(shape[1])
-
-
-def quantize_q8_0(w: torch.Tensor) -> torch.Tensor:
-    """(out, in) float -> (out, in/32*34) uint8: per block an fp16 scale d = max|w|/127, then 32 int8 round(w/d)."""
-    out_f, in_f = _check_blocks(tuple(w.shape))
-    blocks = w.detach().to(torch.float32).reshape(out_f, in_f // QK, QK)
-    d = blocks.abs().amax(dim=-1, keepdim=True) / 127.0
-    inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
-    q = torch.round(blocks * inv).clamp(-127, 127).to(torch.int8)
-    d16 = d.to(torch.float16)
-    raw = torch.cat([d16.view(torch.uint8), q.view(torch.uint8)], dim=-1)  # (out, nb, 2 + 32)
-    return raw.reshape(out_f, in_f // QK * _Q8_0_BYTES).contiguous()
-
-
 def dequantize_q8_0(raw: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Inverse of :func:`quantize_q8_0`: (out, in/32*34) uint8 -> (out, in) ``dtype``."""
-    out_f, in_f = shape
-    blocks = raw.reshape(out_f, in_f // QK, _Q8_0_BYTES)
-    d = blocks[..., :2].contiguous().view(torch.float16).to(torch.float32)  # scales stay fp32 (exact from fp16)
-    q = blocks[..., 2:].contiguous().view(torch.int8).to(dtype)  # a fresh buffer (int8 is exact in bf16/fp16)
-    return q.mul_(d).reshape(out_f, in_f)  # product in fp32, rounded once to ``dtype``
-
-
-def quantize_q4_0(w: torch.Tensor) -> torch.Tensor:
-    """(out, in) float -> (out, in/32*18) uint8 (GGUF Q4_0: d = max-by-magnitude / -8, nibbles q + 8).
-
-    Element j < 16 of a block sits in the low nibble of byte j, element j + 16 in its high nibble.
-    """
-    out_f, in_f = _check_blocks(tuple(w.shape))
-    blocks = w.detach().to(torch.float32).reshape(out_f, in_f // QK, QK)
-    idx = blocks.abs().argmax(dim=-1, keepdim=True)
-    mx = torch.gather(blocks, -1, idx)
-    d = mx / -8.0
-    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
-    q = torch.clamp(torch.floor(blocks * inv + 8.5), 0, 15).to(torch.uint8)
-    packed = q[..., :16] | (q[..., 16:] << 4)
-    d16 = d.to(torch.float16)
-    raw = torch.cat([d16.view(torch.uint8), packed], dim=-1)
-    return raw.reshape(out_f, in_f // QK * _Q4_0_BYTES).contiguous()
+    """(out, in/32*34) uint8 Q8_0 blocks -> (out, in) ``dtype`` (:func:`mochi_core.quants.dequantize`)."""
+    return quants.dequantize(raw, "q8_0", shape, dtype)
 
 
 def dequantize_q4_0(raw: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Inverse of :func:`quantize_q4_0`: (out, in/32*18) uint8 -> (out, in) ``dtype``; w = d * (nibble - 8)."""
-    out_f, in_f = shape
-    blocks = raw.reshape(out_f, in_f // QK, _Q4_0_BYTES)
-    d = blocks[..., :2].contiguous().view(torch.float16).to(torch.float32)  # scales stay fp32 (exact from fp16)
-    packed = blocks[..., 2:]
-    q = torch.cat([packed & 0x0F, packed >> 4], dim=-1).to(dtype).sub_(8.0)  # fresh buffer (small ints: exact)
-    return q.mul_(d).reshape(out_f, in_f)  # product in fp32, rounded once to ``dtype``
+    """(out, in/32*18) uint8 Q4_0 blocks -> (out, in) ``dtype`` (:func:`mochi_core.quants.dequantize`)."""
+    return quants.dequantize(raw, "q4_0", shape, dtype)
 
 
 def quantize_scaled_fp8(w: torch.Tensor, fp8: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,11 +145,9 @@ class CastWeights:
             return raw.to(dtype, copy=True).mul_(self.scale_value)  # one weight-sized buffer, scaled in place
         shape = self.weight_shape
         assert shape is not None
-        out_rows = shape[0] if rows is None else rows[1] - rows[0]
-        if fmt == "q8_0":
-            return dequantize_q8_0(raw, (out_rows, shape[1]), dtype)
-        if fmt == "q4_0":
-            return dequantize_q4_0(raw, (out_rows, shape[1]), dtype)
+        if fmt in quants.QUANT_TYPES:  # GGUF blocks, expanded on ``device`` (rows are whole blocks: see set_weight)
+            out_rows = shape[0] if rows is None else rows[1] - rows[0]
+            return quants.dequantize(raw, fmt, (out_rows, *shape[1:]), dtype)
         raise InvalidInputError(f"unknown weight format {fmt!r}; allowed: {', '.join(WEIGHT_FORMATS)}")
 
     def compute_bias(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
@@ -314,14 +269,25 @@ def set_weight(
 ) -> None:
     """Install ``tensor`` as ``module.weight`` in storage format ``fmt`` (no copy, no grad).
 
-    ``shape`` is the logical weight shape (required for q8_0 / q4_0); ``scale`` the scaled-fp8 scalar (checked for
-    NaN/inf here); ``origin`` names the file and tensor (``mochi_core.finite.weight_origin``): the weight is then
-    checked for NaN/inf at its first cast.
+    ``shape`` is the logical weight shape (required for GGUF block formats, whose bytes are then held as
+    (out, bytes per row): every row must be whole blocks, so a slice of rows expands alone); ``scale`` the
+    scaled-fp8 scalar (checked for NaN/inf here); ``origin`` names the file and tensor
+    (``mochi_core.finite.weight_origin``): the weight is then checked for NaN/inf at its first cast.
     """
     if fmt not in WEIGHT_FORMATS:
         raise InvalidInputError(f"weight format {fmt!r} not in {WEIGHT_FORMATS}")
     if not isinstance(module, CastWeights):
         raise TypeError(f"{type(module).__name__} does not cast weights on use")
+    if fmt in quants.QUANT_TYPES:
+        if shape is None:
+            raise InvalidInputError(f"{fmt} weights need their logical shape")
+        per_row = quants.row_bytes(fmt, math.prod(shape[1:]))
+        if per_row is None or tensor.numel() != shape[0] * per_row or tensor.dtype != torch.uint8:
+            raise InvalidInputError(
+                f"{fmt} data {tuple(tensor.shape)} {tensor.dtype} does not hold a {tuple(shape)} weight in whole "
+                f"blocks per row"
+            )
+        tensor = tensor.reshape(shape[0], per_row)
     module.weight = nn.Parameter(tensor, requires_grad=False)
     module.weight_format = fmt
     module.weight_shape = tuple(shape) if shape is not None else tuple(tensor.shape)

@@ -11,8 +11,9 @@ Semantics of genmoai/mochi ``src/genmo/mochi_preview/pipelines.py`` (``T5ModelFa
   (so a tiny T5 loads exactly like T5-XXL); its output ``last_hidden_state`` (after the final norm) is the feature.
 
 Precision: the encoder computes in float32 by default on every device (the official code runs T5 in fp32 and
-asserts fp32 features; T5 in fp16 overflows). Weights stay in their stored dtype (fp16, fp8, scaled fp8) or the
-requested ``storage_dtype`` and are cast layer by layer on use (:mod:`mochi_core.ops`). ``dtype=torch.bfloat16``
+asserts fp32 features; T5 in fp16 overflows). Weights stay in their stored dtype (fp16, fp8, scaled fp8, the
+GGUF block types of a ``.gguf`` file, the embedding included) or the requested ``storage_dtype`` and are cast
+layer by layer on use (:mod:`mochi_core.ops`). ``dtype=torch.bfloat16``
 is accepted on CUDA to save activation memory; ``float16`` is refused.
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import ops
+from . import ops, quants
 from .errors import InvalidInputError, MissingBackendError, UnsupportedCheckpointError
 from .finite import check_finite, verify_weights, weight_origin
 from .formats.io import open_checkpoint
@@ -191,16 +192,28 @@ def load_tokenizer(tokenizer: str | os.PathLike[str] | None = None) -> T5Tokeniz
 
 
 class _CastEmbedding(nn.Module):
-    """Token embedding kept in its storage dtype; the looked-up rows are cast to the compute dtype."""
+    """Token embedding kept in its storage dtype; the looked-up rows are cast to the compute dtype.
 
-    def __init__(self, weight: torch.Tensor, compute_dtype: torch.dtype) -> None:
+    ``quant``: the rows are GGUF blocks (``weight`` uint8 (vocab, bytes per row)); only the looked-up rows are
+    expanded (:func:`mochi_core.quants.dequantize`).
+    """
+
+    def __init__(self, weight: torch.Tensor, compute_dtype: torch.dtype, quant: str | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.compute_dtype = compute_dtype
+        self.quant = quant
+        self.width = 0
+        if quant is not None:
+            q = quants.quant_type(quant)
+            self.width = weight.shape[1] // q.type_size * q.block_size
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, L) -> (B, L, d_model) in the compute dtype."""
-        return self.weight[ids.to(self.weight.device)].to(ids.device).to(self.compute_dtype)
+        rows = self.weight[ids.to(self.weight.device)].to(ids.device)
+        if self.quant is not None:
+            return quants.dequantize(rows, self.quant, (*ids.shape, self.width), self.compute_dtype)
+        return rows.to(self.compute_dtype)
 
 
 class _FeedForward(nn.Module):
@@ -406,6 +419,21 @@ def _install(
         origin = weight_origin(ckpt.infos[key].file, key)  # type: ignore[attr-defined]
         scale_key = layout.scales.get(name)
         scale = ckpt.get(scale_key).reshape(()) if scale_key else None  # type: ignore[attr-defined]
+        qt = layout.quant.get(name)
+        if qt is not None:
+            shape = tuple(ckpt.infos[key].shape)  # type: ignore[attr-defined]
+            if requested is None and quants.row_bytes(qt, shape[-1]) is not None and len(shape) == 2:
+                if name == "shared.weight":  # looked up row by row: stays quantized
+                    model.set_input_embeddings(_CastEmbedding(w.reshape(shape[0], -1).to(device), compute, qt))
+                    continue
+                module, attr = _resolve(model, name)
+                if isinstance(module, ops.CastWeights) and attr == "weight":
+                    if shape != tuple(module.weight.shape):
+                        raise UnsupportedCheckpointError(f"{key}: shape {shape}, expected {tuple(module.weight.shape)}")
+                    ops.set_weight(module, w.to(device), fmt=qt, shape=shape)  # the file's type, cast on use
+                    continue
+            # converted storage asked for, or a tensor used as a whole (norm, bias, rows not whole blocks): fp32
+            w = quants.dequantize(w, qt, shape)
         if name == "shared.weight":
             target = storage_dtype_for(name, w.dtype, requested)
             if scale is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -70,13 +71,28 @@ def comfy_available() -> bool:
 # ------------------------------------------------------------------------------------------------
 
 
+#: Extensions listed in a model folder beyond ComfyUI's own (``.gguf`` DiT and T5 files; ComfyUI lists only
+#: safetensors / pickle extensions there).
+EXTRA_EXTENSIONS: dict[str, tuple[str, ...]] = {"diffusion_models": (".gguf",), "text_encoders": (".gguf",)}
+
+
 def filename_list(folder: str) -> list[str]:
-    """Files ComfyUI lists for ``folder`` (``diffusion_models``, ``vae``, ``text_encoders``); [] outside ComfyUI."""
+    """Files ComfyUI lists for ``folder`` (``diffusion_models``, ``vae``, ``text_encoders``), plus the files of
+    :data:`EXTRA_EXTENSIONS` in that folder's paths (sorted, subfolders included); [] outside ComfyUI."""
     try:
         import folder_paths
     except ImportError:
         return []
-    return list(folder_paths.get_filename_list(folder))
+    names = list(folder_paths.get_filename_list(folder))
+    extra = EXTRA_EXTENSIONS.get(folder)
+    if extra:
+        found: set[str] = set()
+        for root in folder_paths.get_folder_paths(folder):
+            if os.path.isdir(root):
+                files, _ = folder_paths.recursive_search(root, excluded_dir_names=[".git"])
+                found.update(folder_paths.filter_files_extensions(files, extra))
+        names = sorted(set(names) | found)
+    return names
 
 
 def full_path(folder: str, name: str) -> str:

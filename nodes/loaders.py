@@ -106,7 +106,8 @@ class MochiDiTLoader:
     CATEGORY = "Mochi/loaders"
     DESCRIPTION = (
         "Loads the Mochi 1 diffusion transformer from models/diffusion_models (Comfy-Org mochi_preview_bf16 or "
-        "mochi_preview_fp8_scaled, the all-in-one file, Genmo's official file, Kijai bf16/fp8/GGUF, diffusers). "
+        "mochi_preview_fp8_scaled, the all-in-one file, Genmo's official file, Kijai bf16/fp8/GGUF, diffusers, and "
+        ".gguf files such as mochi-q4_k_m.gguf). "
         "Weights are cast layer by layer to the compute dtype, so fp8 and quantized storage run on any GPU or CPU."
     )
     RETURN_TYPES = ("MOCHI_DIT",)
@@ -128,7 +129,7 @@ class MochiDiTLoader:
                     DIT_STORAGE,
                     {
                         "default": "default",
-                        "tooltip": "Storage dtype of the weights in memory. 'default' keeps the file's own (bf16 or scaled fp8); fp8/q8_0 halve memory at a small quality cost. Computation always runs in bf16 (GPU) or fp32 (CPU).",
+                        "tooltip": "Storage dtype of the weights in memory. 'default' keeps the file's own (bf16, scaled fp8, or a .gguf file's own quant types such as Q4_K/Q6_K); fp8/q8_0 halve memory at a small quality cost. Computation always runs in bf16 (GPU) or fp32 (CPU).",
                     },
                 ),
                 "attention": (
@@ -271,7 +272,7 @@ class MochiT5Loader:
     CATEGORY = "Mochi/loaders"
     DESCRIPTION = (
         "Loads the T5-XXL text encoder from a single file in models/text_encoders (t5xxl_fp16, "
-        "t5xxl_fp8_e4m3fn, t5xxl_fp8_e4m3fn_scaled) with the official Mochi tokenization: 256 tokens, and an "
+        "t5xxl_fp8_e4m3fn, t5xxl_fp8_e4m3fn_scaled, or a llama.cpp .gguf such as t5-v1_1-xxl-encoder-Q5_K_M.gguf) with the official Mochi tokenization: 256 tokens, and an "
         "empty prompt contributes no text token. bf16 compute needs a GPU."
     )
     RETURN_TYPES = ("MOCHI_T5",)
@@ -291,7 +292,7 @@ class MochiT5Loader:
                     T5_STORAGE,
                     {
                         "default": "default",
-                        "tooltip": "Storage dtype of the weights in memory ('default' keeps the file's). T5 always computes in fp32 unless dtype says bf16.",
+                        "tooltip": "Storage dtype of the weights in memory ('default' keeps the file's, a .gguf's quant types included). T5 always computes in fp32 unless dtype says bf16.",
                     },
                 ),
                 "dtype": (

@@ -8,13 +8,14 @@ so two full copies of the weights never exist. Layouts: see :mod:`mochi_core.for
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .. import ops, precision
+from .. import ops, precision, quants
 from ..errors import UnsupportedCheckpointError
 from ..finite import check_finite, weight_origin
 from ..formats.detect import DIT, require_component
@@ -69,6 +70,8 @@ def _inspect(ckpt: Checkpoint, p: Path) -> tuple[DiTLayout, DiTConfig]:
     sets that match no Mochi DiT configuration."""
     require_component(ckpt.keys(), DIT, path=str(p))
     layout = detect_dit_layout(ckpt.infos, source=p.name)
+    if ckpt.metadata.get("format") == "gguf":
+        layout.name = f"gguf ({ckpt.metadata['gguf.types']})"
     cfg = DiTConfig.from_shapes({k: s.shape for k, s in layout.sources.items()}, source=p.name)
     _check_shapes(layout, cfg, p.name)
     return layout, cfg
@@ -91,7 +94,14 @@ def _convert(
     target: torch.dtype | str | None,
 ) -> tuple[torch.Tensor, str, torch.Tensor | None]:
     """Return (stored tensor, weight format, scale) for a cast-on-use layer's weight."""
-    if target is None or (isinstance(target, str) and target == src.fmt):
+    quantized = src.fmt in quants.QUANT_TYPES
+    if quantized and quants.row_bytes(src.fmt, math.prod(src.shape[1:])) is None:
+        # rows that are not whole blocks (a small tensor the converter flattened to rows of 256): expanded once
+        t = quants.dequantize(t, src.fmt, src.shape)
+        if target is None or target == src.fmt:
+            return t, "plain", None
+        quantized = False
+    elif target is None or (isinstance(target, str) and target == src.fmt):
         return t, src.fmt, scale
     if src.fmt == "scaled_fp8" and target in precision.FLOAT8_DTYPES:
         return t, src.fmt, scale
@@ -99,10 +109,8 @@ def _convert(
     if src.fmt == "scaled_fp8":
         assert scale is not None
         t = t.to(torch.float32) * scale.to(torch.float32)
-    elif src.fmt == "q8_0":
-        t = ops.dequantize_q8_0(t, (src.shape[0], src.shape[1]))
-    elif src.fmt == "q4_0":
-        t = ops.dequantize_q4_0(t, (src.shape[0], src.shape[1]))
+    elif quantized:
+        t = quants.dequantize(t, src.fmt, src.shape)
     high = precision.keeps_high_precision(key)
     if isinstance(target, str):  # quantized target
         if not high and isinstance(module, ops.Linear) and t.dim() == 2 and t.shape[1] % ops.QK == 0:
@@ -145,8 +153,10 @@ def _install(
             origin=origin,
         )
         return
-    if src.fmt != "plain":
-        raise UnsupportedCheckpointError(f"{key}: stored as {src.fmt}, but only Linear weights may be quantized")
+    if src.fmt in quants.QUANT_TYPES:  # a quantized norm, bias or frequency table: expanded once, fp32
+        t = quants.dequantize(t, src.fmt, src.shape)
+    elif src.fmt != "plain":
+        raise UnsupportedCheckpointError(f"{key}: stored as {src.fmt}, but only Linear weights may be")
     want = precision.storage_dtype_for(key, t.dtype, target if isinstance(target, torch.dtype) else None)
     value = t.to(device=device, dtype=want)
     check_finite(value, origin)

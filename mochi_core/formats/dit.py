@@ -4,7 +4,8 @@ Layouts (mochi-spec.md §7.2, §7.3): official Genmo ``dit.safetensors`` (no pre
 files (``model.diffusion_model.`` prefix, bf16) and scaled fp8 (fp8 ``<layer>.weight`` + fp32
 ``<layer>.scale_weight``, marker tensor ``scaled_fp8``); Comfy all-in-one (DiT under ``model.diffusion_model.``,
 VAE and T5 under other prefixes, ignored here); Kijai bf16 / fp8_e4m3fn (no prefix, mixed dtypes); Kijai
-GGUF-in-safetensors (``<layer>.Q8_0_qweight`` / ``.Q4_0_qweight`` uint8 blocks); diffusers
+GGUF-in-safetensors (``<layer>.Q8_0_qweight`` / ``.Q4_0_qweight`` uint8 blocks); ``.gguf`` containers (official
+names, any prefix above, each tensor in its own GGUF type: :mod:`mochi_core.formats.gguf`); diffusers
 ``MochiTransformer3DModel`` (renamed keys, q/k/v split, SwiGLU and final-modulation halves swapped), one file or
 a folder of shards. Key mapping facts from huggingface/diffusers ``scripts/convert_mochi_to_diffusers.py`` and
 Comfy-Org/ComfyUI ``comfy/ops.py`` / ``model_detection.py``; the code is our own.
@@ -50,7 +51,7 @@ class DiTSource:
     """How to produce one official tensor from the file.
 
     ``keys``: file keys, concatenated along dim 0 when several (diffusers q/k/v); ``fmt``: storage format
-    (plain, scaled_fp8, q8_0, q4_0); ``shape``: logical official shape; ``scale_key``: the scaled-fp8 scale;
+    (plain, scaled_fp8, or a GGUF block format of :data:`mochi_core.quants.QUANT_TYPES`); ``shape``: logical official shape; ``scale_key``: the scaled-fp8 scale;
     ``swap_halves``: swap the two halves along dim 0 (diffusers SwiGLU w1 and final modulation).
     """
 
@@ -121,6 +122,11 @@ def _official_sources(
     formats: set[str] = set()
     for key, info in infos.items():
         if key == "scaled_fp8" or key.endswith((".scale_weight", ".scale_input")):
+            continue
+        quant = getattr(info, "quant", None)
+        if quant is not None:  # a block-quantized tensor of a .gguf file: logical shape, the file's own type
+            _add(sources, key, DiTSource((key,), tuple(info.shape), info.dtype, fmt=quant), source, prefix)
+            formats.add(quant)
             continue
         m = re.match(r"(.*)\.(Q8_0|Q4_0)_qweight$", key)
         if m:

@@ -1,6 +1,6 @@
 """Open weight files safely and lazily.
 
-- Only safetensors are read; pickle-based files (``.ckpt``, ``.pt``, ``.pth``, ``.bin``, zip or pickle
+- Safetensors are read here, ``.gguf`` containers by :mod:`mochi_core.formats.gguf` (same interface); pickle-based files (``.ckpt``, ``.pt``, ``.pth``, ``.bin``, zip or pickle
   magic) are refused and never unpickled.
 - The header is validated before any tensor is touched: a truncated file (data shorter than the header
   says) is refused with the byte counts.
@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from .. import quants
 from ..errors import UnsupportedCheckpointError
 
 __all__ = ["TensorInfo", "Checkpoint", "open_checkpoint", "read_header"]
@@ -57,17 +58,21 @@ _SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})\.safetensors
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """What the header says of one tensor (no data read)."""
+    """What the header says of one tensor (no data read). ``quant``: a GGUF block format of
+    :data:`mochi_core.quants.QUANT_TYPES` (then ``dtype`` is uint8 and ``shape`` the logical shape), else None."""
 
     dtype: torch.dtype
     shape: tuple[int, ...]
     file: Path
+    quant: str | None = None
 
     @property
     def nbytes(self) -> int:
         n = 1
         for s in self.shape:
             n *= s
+        if self.quant is not None:
+            return quants.QUANT_TYPES[self.quant].nbytes(n)
         return n * torch.empty((), dtype=self.dtype).element_size()
 
 
@@ -279,6 +284,11 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     p = Path(path).expanduser()
     if not p.exists():
         raise UnsupportedCheckpointError(f"checkpoint not found: {p}")
+    if p.is_file():
+        from .gguf import is_gguf, open_gguf  # the GGUF module builds on this one
+
+        if p.suffix.lower() == ".gguf" or is_gguf(p):
+            return open_gguf(p)
     wmap: dict[str, str] | None = None
     index: Path | None = None
     if p.is_dir():

@@ -10,7 +10,9 @@ Layouts read (mochi-spec.md §6, §7.1, §7.2):
   (W = W_fp8 * scale, semantics of Comfy-Org/ComfyUI ``comfy/ops.py`` scaled_fp8_ops);
 - the HF ``google/t5-v1_1-xxl`` / ``genmo/mochi-1-preview`` ``text_encoder`` folder: sharded safetensors with a
   ``model.safetensors.index.json`` (``encoder.embed_tokens.weight`` is accepted for ``shared.weight``);
-- the Comfy all-in-one file: T5 under ``text_encoders.t5xxl.transformer.`` next to the DiT and the VAE.
+- the Comfy all-in-one file: T5 under ``text_encoders.t5xxl.transformer.`` next to the DiT and the VAE;
+- llama.cpp ``.gguf`` encoders (e.g. ``t5-v1_1-xxl-encoder-Q5_K_M.gguf``), whose names
+  :mod:`mochi_core.formats.gguf` maps to the HF ones; quantized tensors are listed in :attr:`T5Layout.quant`.
 
 Nothing here builds a model: :func:`inspect_t5` reads the header only and returns a :class:`T5Layout`.
 """
@@ -88,11 +90,16 @@ class T5Layout:
     scales: dict[str, str] = field(default_factory=dict)
     marker_dtype: torch.dtype | None = None
     stored_dtypes: dict[str, torch.dtype] = field(default_factory=dict)
+    quant: dict[str, str] = field(default_factory=dict)
 
     @property
     def format_name(self) -> str:
-        """A short name of the published layout: ``fp32``/``fp16``/``bf16``/``fp8_e4m3fn``/``fp8_e4m3fn_scaled``."""
-        w = self.stored_dtypes.get("encoder.block.0.layer.0.SelfAttention.q.weight", torch.float32)
+        """A short name of the published layout: ``fp32``/``fp16``/``bf16``/``fp8_e4m3fn``/``fp8_e4m3fn_scaled``, or
+        ``gguf_<type>`` (the type of the first attention weight) for a ``.gguf`` file with quantized tensors."""
+        q = "encoder.block.0.layer.0.SelfAttention.q.weight"
+        if self.quant:
+            return "gguf_" + self.quant.get(q, next(iter(self.quant.values())))
+        w = self.stored_dtypes.get(q, torch.float32)
         name = {
             torch.float32: "fp32",
             torch.float16: "fp16",
@@ -189,7 +196,8 @@ def inspect_t5(ckpt: Checkpoint, *, path: str | None = None) -> T5Layout:
     keys = {n: keys[n] for n in expected}
     scales = {n: s for n, s in scales.items() if n in keys}
     stored = {n: ckpt.infos[k].dtype for n, k in keys.items()}
-    layout = T5Layout(prefix, shape, keys, scales, marker_dtype, stored)
+    quant = {n: q for n, k in keys.items() if (q := ckpt.infos[k].quant) is not None}
+    layout = T5Layout(prefix, shape, keys, scales, marker_dtype, stored, quant)
     logger.info(
         "%s: T5 encoder %s, %d layers, d_model %d, %d heads x %d, d_ff %d, vocab %d%s",
         where,

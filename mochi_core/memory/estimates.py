@@ -19,6 +19,7 @@ import torch
 from .. import dtypes
 from ..errors import InvalidInputError
 from ..precision import keeps_high_precision
+from ..quants import QUANT_TYPES
 
 __all__ = [
     "DIT_STORAGES",
@@ -34,10 +35,10 @@ __all__ = [
     "decode_working_set_bytes",
 ]
 
-DIT_STORAGES = (*dtypes.TORCH_DTYPES, "scaled_fp8", *dtypes.QUANTIZED)
+DIT_STORAGES = (*dtypes.TORCH_DTYPES, "scaled_fp8", *dtypes.GGUF_BLOCKS)
 VAE_DTYPES = tuple(dtypes.COMPUTE_DTYPES)
 ATTENTIONS = ("sdpa", "flash", "sage", "math")
-_DTYPE_BYTES = {k: int(v) for k, v in dtypes.BYTES.items() if k not in dtypes.QUANTIZED}
+_DTYPE_BYTES = {k: int(v) for k, v in dtypes.BYTES.items() if k not in dtypes.GGUF_BLOCKS}
 
 
 def _norm_storage(value: object, what: str, allowed: tuple[str, ...]) -> str:
@@ -57,10 +58,9 @@ def _tensor_bytes(key: str, shape: tuple[int, ...], storage: str) -> int:
     n = math.prod(shape)
     if keeps_high_precision(key):
         return n * 4  # as stored in the official fp32 file (a bf16 file keeps them in bf16: 0.2 GB less)
-    if storage in ("q8_0", "q4_0"):
-        if len(shape) == 2 and shape[1] % 32 == 0:
-            return n // 32 * (34 if storage == "q8_0" else 18)
-        return n * 4
+    if storage in QUANT_TYPES:  # GGUF blocks: the type's own bytes per block where rows are whole blocks
+        q = QUANT_TYPES[storage]
+        return q.nbytes(n) if len(shape) == 2 and shape[1] % q.block_size == 0 else n * 4
     extra = 4 if storage == "scaled_fp8" and len(shape) >= 2 else 0  # the fp32 scale_weight scalar
     return n * _DTYPE_BYTES[storage] + extra
 
@@ -158,7 +158,10 @@ def decoder_weight_bytes(config: Any = None, dtype: str = "bf16") -> int:
 
 def _cast_factor(storage: str, compute: str) -> int:
     """Weight-sized temporaries while a Linear casts its weight: 0 (stored in the compute dtype), 1 (a cast; scaled
-    fp8 and GGUF scale that buffer in place, ``mochi_core.ops``)."""
+    fp8 scales that buffer in place, ``mochi_core.ops``), 2 for GGUF blocks (the expanded weight, scaled in place,
+    plus the uint8 code tensors ``mochi_core.quants`` builds first: up to about one more weight-sized buffer)."""
+    if storage in QUANT_TYPES:
+        return 2
     return 0 if storage == compute else 1
 
 

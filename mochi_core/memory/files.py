@@ -20,6 +20,7 @@ import torch
 from ..errors import InvalidInputError
 from ..formats.io import open_checkpoint
 from ..precision import STORAGE_DTYPES, default_compute_dtype, dtype_name
+from ..quants import QUANT_TYPES
 from .estimates import T5Sizes
 from .planner import Plan, plan
 
@@ -40,11 +41,18 @@ class ModelFiles:
 
 
 def _storage_name(fmt: str, dtype: torch.dtype, what: str) -> str:
-    if fmt in ("q8_0", "q4_0", "scaled_fp8"):
+    if fmt == "scaled_fp8" or fmt in QUANT_TYPES:
         return fmt
     if dtype not in STORAGE_DTYPES.values():
         raise InvalidInputError(f"{what}: weights stored as {dtype} cannot be planned")
     return dtype_name(dtype)
+
+
+def _widest_block_type(formats: list[str]) -> str | None:
+    """The GGUF type taking the most bytes per value among ``formats`` (a mixed file such as q4_k_m is planned at
+    its widest block-weight type, so the plan never counts fewer bytes than the file holds); None if none."""
+    found = [f for f in formats if f in QUANT_TYPES]
+    return max(found, key=lambda f: QUANT_TYPES[f].bits_per_weight) if found else None
 
 
 def _dit(path: PathLike) -> tuple[object, str]:
@@ -52,7 +60,8 @@ def _dit(path: PathLike) -> tuple[object, str]:
 
     layout, cfg = read_dit_header(path)  # the loader's own checks: every tensor of the configuration is present
     src = layout.sources["blocks.0.mlp_x.w1.weight"]
-    return cfg, _storage_name(src.fmt, src.dtype, "DiT")
+    widest = _widest_block_type([s.fmt for k, s in layout.sources.items() if k.startswith("blocks.")])
+    return cfg, widest or _storage_name(src.fmt, src.dtype, "DiT")
 
 
 def _t5(path: PathLike) -> tuple[T5Sizes, str]:
@@ -64,6 +73,7 @@ def _t5(path: PathLike) -> tuple[T5Sizes, str]:
         if name not in layout.keys:
             name = next(k for k in layout.keys if k.startswith("encoder.block.0.") and k.endswith(".weight"))
         dtype = ckpt.infos[layout.keys[name]].dtype
+        widest = _widest_block_type([q for n, q in layout.quant.items() if n.startswith("encoder.block.")])
     s = layout.shape
     sizes = T5Sizes(
         vocab_size=s.vocab_size,
@@ -75,6 +85,8 @@ def _t5(path: PathLike) -> tuple[T5Sizes, str]:
         num_buckets=s.num_buckets,
     )
     scaled = name in layout.scales and dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+    if widest is not None:
+        return sizes, widest
     return sizes, "scaled_fp8" if scaled else _storage_name("plain", dtype, "T5")
 
 
