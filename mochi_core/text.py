@@ -424,13 +424,17 @@ def _install(
             shape = tuple(ckpt.infos[key].shape)  # type: ignore[attr-defined]
             if requested is None and quants.row_bytes(qt, shape[-1]) is not None and len(shape) == 2:
                 if name == "shared.weight":  # looked up row by row: stays quantized
-                    model.set_input_embeddings(_CastEmbedding(w.reshape(shape[0], -1).to(device), compute, qt))
+                    rows = w.reshape(shape[0], -1)
+                    for start in range(0, shape[0], 4096):  # checked once here, in slices (no full fp32 copy)
+                        part = rows[start : start + 4096]
+                        check_finite(quants.dequantize(part, qt, (part.shape[0], shape[1])), origin)
+                    model.set_input_embeddings(_CastEmbedding(rows.to(device), compute, qt))
                     continue
                 module, attr = _resolve(model, name)
                 if isinstance(module, ops.CastWeights) and attr == "weight":
                     if shape != tuple(module.weight.shape):
                         raise UnsupportedCheckpointError(f"{key}: shape {shape}, expected {tuple(module.weight.shape)}")
-                    ops.set_weight(module, w.to(device), fmt=qt, shape=shape)  # the file's type, cast on use
+                    ops.set_weight(module, w.to(device), fmt=qt, shape=shape, origin=origin)  # the file's type
                     continue
             # converted storage asked for, or a tensor used as a whole (norm, bias, rows not whole blocks): fp32
             w = quants.dequantize(w, qt, shape)

@@ -289,3 +289,28 @@ def test_generate_plans_and_runs_with_gguf_files(tmp_path: Path, dit_sd, t5_sd, 
     formats = result.summary["formats"]
     assert formats["t5"] == "gguf_q5_k" and formats["dit"].startswith("gguf (F32 x") and "Q6_K x2)" in formats["dit"]
     assert result.summary["plan"]["dit_storage"] == "q6_k" and result.summary["plan"]["t5_storage"] == "q5_k"
+
+
+def _poison_first_block(path: Path, name: str) -> None:
+    """Set the fp16 scale ``d`` of the first block of tensor ``name`` (Q8_0 / Q4_K: bytes 0-1) to NaN, in place."""
+    reader = gguf.GGUFReader(str(path))
+    (t,) = [t for t in reader.tensors if t.name == name]
+    offset = int(t.data_offset)
+    del reader
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 2] = bytes.fromhex("007e")  # fp16 NaN, little-endian
+    path.write_bytes(bytes(data))
+
+
+def test_nan_block_scale_is_named(tmp_path: Path, dit_sd, t5_sd, tiny_tokenizer: Path) -> None:
+    from mochi_core.finite import NonFiniteWeightError
+
+    dit = write_dit_gguf(tmp_path / "mochi-q4_k_m.gguf", dit_sd, "Q4_K")
+    _poison_first_block(dit, "blocks.1.mlp_x.w1.weight")
+    model = load_dit(dit)  # stays memory-mapped: read at its first use
+    with pytest.raises(NonFiniteWeightError, match=r"mochi-q4_k_m\.gguf, tensor blocks\.1\.mlp_x\.w1\.weight"):
+        _forward(model, _inputs(K_DIT))
+    t5 = write_t5_gguf(tmp_path / "t5-v1_1-xxl-encoder-Q8_0.gguf", t5_sd, "Q8_0")
+    _poison_first_block(t5, "token_embd.weight")
+    with pytest.raises(NonFiniteWeightError, match=r"t5-v1_1-xxl-encoder-Q8_0\.gguf, tensor shared\.weight"):
+        load_text_encoder(t5, tokenizer=tiny_tokenizer)  # the quantized embedding is checked at load
