@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidInputError
 from .runtime import ModelGroups
 from .sequence import SequenceParallel
 
@@ -54,14 +53,10 @@ class ParallelDiT:
         """Shapes as ``AsymmDiT.forward``: x (B, C, T, H, W) -> (B, C, T, H, W) float32 on every rank (or whatever
         the model returns per sample for the keyword options it takes, batch first).
 
-        A step cache (``cache=``, TeaCache) decides from the whole batch's block-0 input on every rank, so the CFG
-        ranks stay in step; with sequence parallelism its residual would be a slice of the tokens, so it is refused.
+        A step cache (``cache=``, TeaCache) decides from block 0's input of the whole batch and all tokens, which
+        every rank computes alike, so the ranks skip the same steps; each keeps the residual of its own half and
+        tokens (the model's forward handles the token slice).
         """
-        if self._sp is not None and kwargs.get("cache") is not None:
-            raise InvalidInputError(
-                "TeaCache with sequence parallelism (--sp > 1) is not supported: turn TeaCache off or use "
-                "--cfg-parallel alone"
-            )
         cfg = self.groups.cfg
         b = x.shape[0]
         if cfg is None or b % 2:
