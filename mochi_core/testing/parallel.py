@@ -3,7 +3,8 @@
 the process group and renders the jobs of a JSON spec with :func:`mochi_core.generate` in each parallel layout.
 
 Spec (JSON file): ``{"common": {generate keyword arguments}, "modes": [{"name", "cfg_parallel", "sp", "a2a",
-"lora" (a LoRA file applied at run time, strength 1), "stream" (resident blocks, the others streamed), "kill":
+"generate" (more generate keyword arguments), "lora" (a LoRA file applied at run time, strength 1), "stream"
+(resident blocks, the others streamed), "kill":
 {"rank": r, "step": s}}], "watchdog": {init_distributed limits} (optional)}``. Rank 0 saves ``<out>/<name>.pt`` =
 {"latent", "frames", "sent_bytes" (per rank: bytes sent by op), "summary"}; in a mode with "kill" (the last one),
 rank r SIGKILLs itself at sampling step s and every other rank writes ``<out>/error_<rank>.json`` with its error
@@ -110,7 +111,7 @@ def worker(rank: int, world: int, port: int, spec_path: str, out: str) -> None:
             comms = [world_ctx.comm] + [c for c in (run.groups.cfg, run.groups.sp) if c is not None]
             for c in comms:
                 c.sent_by_op.clear()
-            common = dict(spec["common"])
+            common = {**spec["common"], **mode.get("generate", {})}
             if "lora" in mode or "stream" in mode:
                 common["dit"] = loaded_dit(common["dit"], mode.get("lora"), mode.get("stream"))
             result = generate(**common, parallel=run, callback=callback)
