@@ -84,9 +84,21 @@ T5_COMPUTE = DTypeChoice(
     ("fp32", "bf16"),
     {"fp16": " (T5 overflows in fp16)", "fp8_e4m3fn": _FP8_NOTE, "fp8_e5m2": _FP8_NOTE},
 )
-DIT_STORAGE = DTypeChoice("storage", "DiT", (*dtypes.TORCH_DTYPES, *dtypes.QUANTIZED))
+_GGUF_FILE_TYPE = " (a .gguf file's own type: a file stored so keeps it with 'auto'; it is not a conversion target)"
+DIT_STORAGE = DTypeChoice(
+    "storage",
+    "DiT",
+    (*dtypes.TORCH_DTYPES, *dtypes.QUANTIZED),
+    {k: _GGUF_FILE_TYPE for k in dtypes.GGUF_BLOCKS if k not in dtypes.QUANTIZED},
+)
 T5_STORAGE = DTypeChoice(
-    "storage", "T5", tuple(dtypes.TORCH_DTYPES), {k: " (GGUF storage is for the DiT)" for k in dtypes.QUANTIZED}
+    "storage",
+    "T5",
+    tuple(dtypes.TORCH_DTYPES),
+    {
+        **{k: _GGUF_FILE_TYPE for k in dtypes.GGUF_BLOCKS},
+        **{k: " (GGUF storage is for the DiT)" for k in dtypes.QUANTIZED},
+    },
 )
 _VAE_FP8 = " (fp8 storage is for the DiT and T5: the VAE has no fp8 scales)"
 VAE_STORAGE = DTypeChoice(

@@ -200,7 +200,7 @@ LATE = [  # (kwargs, words): each was only noticed after loading or sampling bef
     ({"compute_dtype": "fp16", "dtype": "fp16"}, ["dtype= is the earlier name of compute_dtype="]),
     ({"vae_compute_dtype": "fp8_e5m2"}, ["vae_compute_dtype=fp8_e5m2", "compute dtype"]),
     ({"vae_dtype": "fp8_e5m2"}, ["vae_dtype=fp8_e5m2", "compute dtype"]),
-    ({"dit_storage_dtype": "q2_k"}, ["dit_storage_dtype='q2_k'", "q8_0"]),
+    ({"dit_storage_dtype": "q2_k"}, ["dit_storage_dtype=q2_k", ".gguf file's own type", "q8_0"]),
     ({"t5_storage_dtype": "int8"}, ["t5_storage_dtype='int8'"]),
     ({"vae_storage_dtype": "int8"}, ["vae_storage_dtype='int8'"]),
     ({"vae_storage_dtype": "fp8_e4m3fn"}, ["vae_storage_dtype=fp8_e4m3fn", "no fp8 scales"]),
