@@ -309,7 +309,10 @@ class StreamingSpec:
 class SamplingOptions:
     """Checked sampler settings. ``sigmas``: steps + 1 floats from the schedule or the caller; ``cfgs``: one
     guidance scale per step; ``cfg``: the scalar ``cfg`` argument; ``denoise`` in (0, 1]; ``first``: index of the
-    first step that runs; ``batch_cfg``: cond and uncond as one DiT call."""
+    first step that runs; ``batch_cfg``: cond and uncond as one DiT call. Doing less work
+    (:mod:`mochi_core.guidance`, :mod:`mochi_core.teacache`): ``preset`` ('default' / 'fast', already applied to
+    steps, cfgs and sigmas), ``teacache_threshold`` (0 = off), ``max_skip_steps`` (0 = no limit), ``stg_scale``
+    (0 = off), ``stg_blocks``, ``stg_rescale`` (0 = off)."""
 
     steps: int
     sigmas: tuple[float, ...]
@@ -318,6 +321,12 @@ class SamplingOptions:
     denoise: float
     first: int
     batch_cfg: bool = True
+    preset: str = "default"
+    teacache_threshold: float = 0.0
+    max_skip_steps: int = 0
+    stg_scale: float = 0.0
+    stg_blocks: tuple[int, ...] = (34,)
+    stg_rescale: float = 0.0
 
     @property
     def needs_uncond(self) -> bool:
@@ -337,13 +346,29 @@ class SamplingOptions:
         denoise: Any = 1.0,
         batch_cfg: Any = True,
         has_start_latent: bool = False,
+        preset: Any = "default",
+        teacache_threshold: Any = 0.0,
+        max_skip_steps: Any = 0,
+        stg_scale: Any = 0.0,
+        stg_blocks: Any = None,
+        stg_rescale: Any = 0.0,
     ) -> SamplingOptions:
         """``steps`` >= 1; ``cfg`` a finite number >= 0 (may be None when ``cfg_schedule`` gives one value per
         step); ``sigmas`` (steps + 1 values strictly decreasing to 0) or else the linear-quadratic schedule from
         ``threshold_noise`` and ``linear_steps``; ``cfg_schedule`` one finite value >= 0 per step; ``denoise`` in
-        (0, 1], below 1 only with a start latent; ``batch_cfg`` True / False. No tensor work."""
+        (0, 1], below 1 only with a start latent; ``batch_cfg`` True / False. ``preset`` 'default' or 'fast'
+        (which sets steps, cfg and the schedule itself, so those are left out: None); ``teacache_threshold`` >= 0,
+        ``max_skip_steps`` integer >= 0; ``stg_scale`` >= 0, ``stg_blocks`` (integers or a text like '30,34';
+        None = (34,)), ``stg_rescale`` in [0, 1]. No tensor work."""
+        from .guidance import apply_preset, check_stg
         from .sampling import linear_quadratic_schedule, validate_sigmas
+        from .teacache import check_teacache
 
+        preset_name, steps, cfg, threshold_noise, linear_steps = apply_preset(
+            preset, steps, cfg, threshold_noise, linear_steps, sigmas, cfg_schedule
+        )
+        tc_threshold, max_skips = check_teacache(teacache_threshold, max_skip_steps)
+        stg, blocks, stg_rescale_v = check_stg(stg_scale, stg_blocks, stg_rescale)
         steps = check_steps(steps)
         if cfg_schedule is None:
             cfg_value = finite_number("cfg", cfg, minimum=0.0)
@@ -370,6 +395,12 @@ class SamplingOptions:
             denoise=float(denoise),
             first=_start_index(sched, float(denoise)),
             batch_cfg=as_bool("batch_cfg", batch_cfg),
+            preset=preset_name,
+            teacache_threshold=tc_threshold,
+            max_skip_steps=max_skips,
+            stg_scale=stg,
+            stg_blocks=blocks,
+            stg_rescale=stg_rescale_v,
         )
 
 

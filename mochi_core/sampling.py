@@ -15,6 +15,11 @@ Differences from the official code, on purpose:
   fp8 and offloaded runs, so one pass over the weights per step instead of two. The official single-GPU path runs
   them separately (``batch_cfg=False`` here); the two agree within ~1e-6 (golden README §1, case_c);
 - noise comes from a CPU generator (as ComfyUI and kijai do), so a seed does not reproduce Genmo's CUDA draw.
+
+Doing less work (all off by default; off means the loop above, unchanged): ``preset="fast"`` (FastMochi's
+8-step schedule, :mod:`mochi_core.guidance`), TeaCache (``teacache_threshold`` > 0, :mod:`mochi_core.teacache`)
+and spatiotemporal skip guidance (``stg_scale`` > 0, one more DiT pass per step). :class:`SamplingStats` reports
+the DiT passes that ran and were skipped.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from .errors import InvalidInputError, MochiInterrupted
+from .guidance import check_stg_blocks_for, stg_combine
 from .options import (
     SamplingOptions,
     check_seed,
@@ -35,11 +42,13 @@ from .options import (
     nearest_frame_counts,
 )
 from .scalars import as_int, as_real
+from .teacache import TeaCacheState
 
 __all__ = [
     "LATENT_CHANNELS",
     "SamplingArgs",
     "SamplingOptions",
+    "SamplingStats",
     "check_sampling_args",
     "check_seed",
     "check_start_latent",
@@ -296,6 +305,32 @@ def _pad_to(c: Conditioning, length: int) -> Conditioning:
     return feat, torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1)
 
 
+@dataclass
+class SamplingStats:
+    """What a :func:`sample` run did; pass one as ``stats=`` and read it afterwards.
+
+    ``dit_passes``: DiT forwards per sample that ran (a batched CFG call counts 2: cond and uncond);
+    ``dit_passes_skipped``: forwards TeaCache replaced by a cached residual; ``steps``: steps run;
+    ``teacache_pattern``: 'C' computed / 's' skipped per step ('' without TeaCache); ``teacache``: the rule's
+    per-step values (rel_l1, rescaled, accumulated; None at forced steps).
+    """
+
+    steps: int = 0
+    dit_passes: int = 0
+    dit_passes_skipped: int = 0
+    teacache_pattern: str = ""
+    teacache: dict[str, list[float | None]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serializable summary (without the per-step values)."""
+        return {
+            "steps": self.steps,
+            "dit_passes": self.dit_passes,
+            "dit_passes_skipped": self.dit_passes_skipped,
+            "teacache_pattern": self.teacache_pattern,
+        }
+
+
 def sample(
     dit: DiTLike,
     noise: torch.Tensor,
@@ -314,24 +349,38 @@ def sample(
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     options: SamplingOptions | None = None,
+    preset: str = "default",
+    teacache_threshold: float = 0.0,
+    max_skip_steps: int = 0,
+    stg_scale: float = 0.0,
+    stg_blocks: Sequence[int] | str | None = None,
+    stg_rescale: float = 0.0,
+    stats: SamplingStats | None = None,
 ) -> torch.Tensor:
     """Run the Mochi CFG Euler sampler; returns the final latent (B, 12, T, H, W) float32 in DiT space.
 
     - ``noise`` (B, 12, T, H, W) floating tensor: eps (see :func:`make_noise`); ``positive`` / ``negative``:
       (feat (1 or B, L, D) float, mask (1 or B, L) bool) as returned by ``TextEncoder.encode``, D equal to the
       DiT's ``config.t5_feat_dim`` when it has one; ``negative`` may be None when every cfg is 1.
-    - ``sigmas``: explicit schedule (steps + 1 values strictly decreasing to 0), else
-      ``linear_quadratic_schedule(steps, threshold_noise, linear_steps)``; ``cfg_schedule``: one value per step,
-      else ``[cfg] * steps``. A step whose cfg is exactly 1 runs the conditional pass only.
+    - ``steps`` and ``cfg`` (required unless a preset sets them); ``sigmas``: explicit schedule (steps + 1 values
+      strictly decreasing to 0), else ``linear_quadratic_schedule(steps, threshold_noise, linear_steps)``;
+      ``cfg_schedule``: one value per step, else ``[cfg] * steps``. A step whose cfg is exactly 1 runs the
+      conditional pass only.
     - ``start_latent`` (B or 1, 12, T, H, W), DiT space, with ``denoise`` in (0, 1]: sampling starts at the first
       schedule point with sigma <= denoise, from z = (1 - sigma) start + sigma noise, so fewer steps run
       (with ``denoise`` 1 the start latent is checked but unused).
     - ``batch_cfg``: cond and uncond in one DiT call of batch 2B (default) or two calls of batch B.
+    - ``preset``: 'default' or 'fast' (FastMochi: 8 steps, cfg 1.5, ``threshold_noise`` 0.1, 6 linear steps;
+      steps, cfg and the schedule are then left out).
+    - ``teacache_threshold`` (0 = off; 0.06 / 0.09 published), ``max_skip_steps`` (0 = no limit): TeaCache
+      (:mod:`mochi_core.teacache`; needs the DiT of :func:`mochi_core.load_dit`).
+    - ``stg_scale`` (0 = off), ``stg_blocks`` (default (34,)), ``stg_rescale`` (0 = off): spatiotemporal skip
+      guidance (:mod:`mochi_core.guidance`; one more DiT pass per step).
     - ``callback(step, total, x0)`` after every step (step counts from 0; x0 = z + sigma v, the current estimate of
       the clean latent, DiT space); ``should_stop()`` before every step: True raises :class:`MochiInterrupted`.
-
+    - ``stats``: a :class:`SamplingStats` filled with the passes that ran and were skipped.
     - ``options``: the settings already resolved (:meth:`SamplingOptions.resolve`); the scalar keywords
-      (``steps`` ... ``batch_cfg``) are then not used.
+      (``steps`` ... ``batch_cfg``, ``preset`` ... ``stg_rescale``) are then not used.
 
     Every argument is checked (:meth:`SamplingOptions.resolve` and the tensor checks) before the DiT is first
     called.
@@ -346,9 +395,18 @@ def sample(
         denoise=denoise,
         batch_cfg=batch_cfg,
         has_start_latent=start_latent is not None,
+        preset=preset,
+        teacache_threshold=teacache_threshold,
+        max_skip_steps=max_skip_steps,
+        stg_scale=stg_scale,
+        stg_blocks=stg_blocks,
+        stg_rescale=stg_rescale,
     )
     _check_callables(dit, callback, should_stop)
+    if stats is not None and not isinstance(stats, SamplingStats):
+        raise InvalidInputError(f"stats must be a SamplingStats or None; got {type(stats).__name__}")
     _check_noise(noise)
+    _check_speed_support(dit, args)
     if start_latent is not None:
         check_start_latent(start_latent, tuple(noise.shape))
     needs_uncond = args.needs_uncond
@@ -373,35 +431,140 @@ def sample(
         z = (1.0 - s0) * start_latent.to(device=device, dtype=torch.float32) + s0 * z
     elif start_latent is not None:
         logger.info("denoise 1.0: start_latent is not used (sampling starts from pure noise)")
-    steps = args.steps
-    total = steps - first
+    total = args.steps - first
     if first:
         logger.info(
-            "denoise %.3f: starting at sigma %.4f, running %d of %d steps", args.denoise, sched[first], total, steps
+            "denoise %.3f: starting at sigma %.4f, running %d of %d steps",
+            args.denoise,
+            sched[first],
+            total,
+            args.steps,
         )
+    run = _Passes(dit, args, total)
 
-    for k, i in enumerate(range(first, steps)):
+    for k, i in enumerate(range(first, args.steps)):
         if should_stop is not None and should_stop():
             raise MochiInterrupted(f"sampling stopped before step {k + 1} of {total}")
         sigma, cfg_i = sched[i], cfgs[i]
         if cfg_i == 1.0 or neg is None:
-            pred = _call(dit, z, sigma, pos)
+            out_cond = run.step(k, z, sigma, [("cond", pos)])[0]
+            pred = out_cond
         elif both is not None:
-            out = _call(dit, torch.cat([z, z]), sigma, both)
+            out = run.step(k, z, sigma, [("batch", both)])[0]
             out_cond, out_uncond = out[:batch], out[batch:]
             pred = out_uncond + cfg_i * (out_cond - out_uncond)
         else:
-            out_cond = _call(dit, z, sigma, pos)
-            out_uncond = _call(dit, z, sigma, neg)
+            out_cond, out_uncond = run.step(k, z, sigma, [("cond", pos), ("uncond", neg)])
             pred = out_uncond + cfg_i * (out_cond - out_uncond)
+        if args.stg_scale > 0.0:
+            pred = stg_combine(pred, out_cond, run.perturbed(k, z, sigma, pos), args.stg_scale, args.stg_rescale)
         dsigma = sigma - sched[i + 1]
         if callback is not None:
             callback(k, total, z + sigma * pred)
         z = z + dsigma * pred
+    run.finish(stats)
     return z
 
 
-def _call(dit: DiTLike, z: torch.Tensor, sigma: float, c: Conditioning) -> torch.Tensor:
+def _check_speed_support(dit: Any, args: SamplingArgs) -> None:
+    """TeaCache and STG need the DiT of ``load_dit`` (the ``cache`` / ``skip_blocks`` keywords, ``blocks``)."""
+    wants = [
+        n for n, on in (("teacache_threshold", args.teacache_threshold > 0), ("stg_scale", args.stg_scale > 0)) if on
+    ]
+    if not wants:
+        return
+    blocks = getattr(dit, "blocks", None)
+    if blocks is None or not hasattr(dit, "token_chunk"):
+        raise InvalidInputError(
+            f"{wants[0]} > 0 needs the Mochi DiT of mochi_core.load_dit; this model ({type(dit).__name__}) does not "
+            "support it; set it to 0"
+        )
+    if args.stg_scale > 0:
+        check_stg_blocks_for(args.stg_blocks, len(blocks))
+
+
+class _Passes:
+    """The DiT calls of one sampling run: TeaCache decisions, per-stream caches and the pass counts."""
+
+    def __init__(self, dit: DiTLike, args: SamplingArgs, total: int) -> None:
+        from .dit.model import StreamCache
+
+        self.dit, self.args, self.total = dit, args, total
+        self.tc = (
+            TeaCacheState(args.teacache_threshold, total, args.max_skip_steps) if args.teacache_threshold else None
+        )
+        self.caches = {n: StreamCache() for n in ("batch", "cond", "uncond", "perturbed")} if self.tc else {}
+        self.compute = True
+        self.run = 0
+        self.skipped = 0
+
+    def step(
+        self, k: int, z: torch.Tensor, sigma: float, streams: list[tuple[str, Conditioning]]
+    ) -> list[torch.Tensor]:
+        """Outputs (float32, shape of the stream's latent) of this step's guidance streams, in order."""
+        zz = {name: (torch.cat([z, z]) if name == "batch" else z) for name, _ in streams}
+        if self.tc is None:
+            outs = [_call(self.dit, zz[name], sigma, c) for name, c in streams]
+            self.run += sum(2 if name == "batch" else 1 for name, _ in streams)
+            return outs
+        mods = {}
+        for name, c in streams:
+            self.caches[name].action = "probe"
+            mods[name] = _call(self.dit, zz[name], sigma, c, cache=self.caches[name], raw=True)
+        followers = ("perturbed",) if self.args.stg_scale > 0 else ()
+        self.compute = self.tc.decide(k, mods, followers)
+        del mods
+        outs = []
+        for name, c in streams:
+            outs.append(self._cached(name, zz[name], sigma, c))
+        return outs
+
+    def perturbed(self, k: int, z: torch.Tensor, sigma: float, pos: Conditioning) -> torch.Tensor:
+        """The conditional pass with ``stg_blocks`` skipped (follows this step's TeaCache decision)."""
+        if self.tc is None:
+            self.run += 1
+            return _call(self.dit, z, sigma, pos, skip_blocks=self.args.stg_blocks)
+        return self._cached("perturbed", z, sigma, pos, skip_blocks=self.args.stg_blocks)
+
+    def _cached(
+        self, name: str, z: torch.Tensor, sigma: float, c: Conditioning, skip_blocks: tuple[int, ...] = ()
+    ) -> torch.Tensor:
+        cache = self.caches[name]
+        cache.action = "compute" if self.compute else "reuse"
+        n = 2 if name == "batch" else 1
+        if self.compute:
+            self.run += n
+        else:
+            self.skipped += n
+        return _call(self.dit, z, sigma, c, cache=cache, skip_blocks=skip_blocks)
+
+    def finish(self, stats: SamplingStats | None) -> None:
+        """Release the caches, log the counts and fill ``stats``."""
+        for cache in self.caches.values():
+            cache.residual = None
+        pattern = self.tc.pattern if self.tc is not None else ""
+        if self.tc is not None:
+            logger.info(
+                "TeaCache %.3g: %d DiT passes run, %d skipped (%s)", self.args.teacache_threshold, self.run,
+                self.skipped, pattern,
+            )  # fmt: skip
+        if stats is not None:
+            stats.steps = self.total
+            stats.dit_passes = self.run
+            stats.dit_passes_skipped = self.skipped
+            stats.teacache_pattern = pattern
+            if self.tc is not None:
+                stats.teacache = {
+                    "rel_l1": list(self.tc.rel_l1),
+                    "rescaled": list(self.tc.rescaled),
+                    "accumulated": list(self.tc.accumulated_log),
+                }
+
+
+def _call(
+    dit: DiTLike, z: torch.Tensor, sigma: float, c: Conditioning, *, raw: bool = False, **kwargs: Any
+) -> torch.Tensor:
+    """One DiT call at ``sigma``; float32 output unless ``raw`` (a TeaCache probe keeps the compute dtype)."""
     s = torch.full((z.shape[0],), sigma, dtype=torch.float32, device=z.device)
-    out = dit(z, s, c[0], c[1])
-    return out.to(torch.float32)
+    out = dit(z, s, c[0], c[1], **kwargs) if kwargs else dit(z, s, c[0], c[1])
+    return out if raw else out.to(torch.float32)

@@ -205,13 +205,15 @@ def plan_sampling(
     budget_bytes: int,
     cfg_pass: bool,
     text_shape: tuple[int, int] = (256, 4096),
+    teacache: bool = False,
 ) -> PhasePlan:
     """DiT blocks resident and CFG batching for sampling a ``(B, 12, T, h, w)`` latent on ``device``.
 
     ``memory`` (the DiT loader's input): "auto" lets the planner choose; "full" keeps every block resident;
     "stream" runs the CFG passes one after another and streams what does not fit. ``cfg_pass``: False when cfg
     is 1 (no negative pass, like an unbatched CFG step). ``text_shape``: (tokens, features) of the conditioning
-    the sampler holds on the device. LoRAs of the handle's chain are counted in the DiT blocks they change."""
+    the sampler holds on the device. LoRAs of the handle's chain are counted in the DiT blocks they change. ``teacache``: count
+    TeaCache's state kept across steps."""
     from mochi_core.dtypes import dtype_name
     from mochi_core.memory import T5Sizes
 
@@ -223,6 +225,8 @@ def plan_sampling(
         "dit_storage": stored_as(model.blocks[0].mlp_x.w1),
         "compute_dtype": dtype_name(model.compute_dtype),
         "attention": model.attention,
+        "token_chunk": getattr(model, "token_chunk", None),
+        "teacache": bool(teacache),
     }
     if getattr(dit, "loras", ()):  # the chain's LoRA factors, applied before placement, live in the blocks
         kwargs["loras"] = [lora for lora, _ in dit.loras]

@@ -70,6 +70,73 @@ def check_sampler_inputs(
         linear_quadratic_schedule(steps, threshold_noise=tau, linear_steps=linear_steps or None)
 
 
+def speed_inputs() -> dict[str, Any]:
+    """The optional inputs that make sampling do less work (after the original ones, so saved workflows load)."""
+    return {
+        "preset": (
+            ["default", "fast"],
+            {
+                "default": "default",
+                "tooltip": "fast = FastMochi settings (8 steps, cfg 1.5, threshold_noise 0.1, 6 linear steps; for the "
+                "distilled FastMochi weights): replaces steps, cfg, threshold_noise and linear_steps.",
+            },
+        ),
+        "teacache_threshold": (
+            "FLOAT",
+            {
+                "default": 0.0,
+                "min": 0.0,
+                "max": 1.0,
+                "step": 0.01,
+                "tooltip": "TeaCache: skip DiT passes while the input changes less than this (0 = off; 0.06 ~1.5x, "
+                "0.09 ~2.1x faster as published).",
+            },
+        ),
+        "max_skip_steps": (
+            "INT",
+            {"default": 0, "min": 0, "max": 1000, "tooltip": "TeaCache: most steps skipped in a row (0 = no limit)."},
+        ),
+        "stg_scale": (
+            "FLOAT",
+            {
+                "default": 0.0,
+                "min": 0.0,
+                "max": 10.0,
+                "step": 0.1,
+                "tooltip": "Spatiotemporal skip guidance scale (0 = off, 1 typical): one more DiT pass per step.",
+            },
+        ),
+        "stg_blocks": (
+            "STRING",
+            {"default": "34", "tooltip": "STG: DiT blocks skipped in the perturbed pass, e.g. '34' or '30,34'."},
+        ),
+        "stg_rescale": (
+            "FLOAT",
+            {
+                "default": 0.0,
+                "min": 0.0,
+                "max": 1.0,
+                "step": 0.05,
+                "tooltip": "STG: pull the guided prediction's spread back to the conditional one (0 = off, 0.7 typical).",
+            },
+        ),
+    }
+
+
+def speed_kwargs(
+    preset: str, teacache_threshold: float, max_skip_steps: int, stg_scale: float, stg_blocks: str, stg_rescale: float
+) -> dict[str, Any]:
+    """Keyword arguments of ``mochi_core.sample`` for the speed inputs (checked there before the DiT runs)."""
+    return {
+        "preset": preset,
+        "teacache_threshold": teacache_threshold,
+        "max_skip_steps": max_skip_steps,
+        "stg_scale": stg_scale,
+        "stg_blocks": stg_blocks,
+        "stg_rescale": stg_rescale,
+    }
+
+
 @register("MochiSampler", "Mochi Sampler")
 class MochiSampler:
     CATEGORY = "Mochi/sampling"
@@ -172,6 +239,7 @@ class MochiSampler:
                         "tooltip": "With a latent: how much of it to redraw (1.0 = ignore its content, keep only its size).",
                     },
                 ),
+                **speed_inputs(),
             },
         }
 
@@ -186,6 +254,7 @@ class MochiSampler:
         threshold_noise: Any,
         latent: Any = _ABSENT,
         sigmas: Any = _ABSENT,
+        stg_blocks: Any = _ABSENT,
     ) -> bool | str:
         # ComfyUI passes None for a connected link input (latent, sigmas) and leaves an unconnected one out
         try:
@@ -193,6 +262,10 @@ class MochiSampler:
                 width, height, frames, steps, linear_steps, threshold_noise,
                 size=latent is _ABSENT, schedule=sigmas is _ABSENT,
             )  # fmt: skip
+            if isinstance(stg_blocks, str):
+                from mochi_core.guidance import parse_blocks
+
+                parse_blocks(stg_blocks)
         except ValueError as exc:
             return str(exc)
         return True
@@ -213,14 +286,40 @@ class MochiSampler:
         sigmas: torch.Tensor | None = None,
         latent: dict[str, torch.Tensor] | None = None,
         denoise: float = 1.0,
+        preset: str = "default",
+        teacache_threshold: float = 0.0,
+        max_skip_steps: int = 0,
+        stg_scale: float = 0.0,
+        stg_blocks: str = "34",
+        stg_rescale: float = 0.0,
     ) -> tuple[dict[str, torch.Tensor]]:
         import mochi_core
         from mochi_core.errors import InvalidInputError
+        from mochi_core.sampling import SamplingStats, check_sampling_args
+
+        speed = speed_kwargs(preset, teacache_threshold, max_skip_steps, stg_scale, stg_blocks, stg_rescale)
+        if preset != "default":
+            if sigmas is not None:
+                raise InvalidInputError(
+                    f"preset={preset!r} sets its own schedule: disconnect sigmas or use preset 'default'"
+                )
+            fixed = check_sampling_args(steps=None, cfg=None, **speed)
+            logger.info(
+                "Mochi: preset %s: %d steps, cfg %g (the steps, cfg, threshold_noise and linear_steps widgets are "
+                "not used)", preset, fixed.steps, fixed.cfg,
+            )  # fmt: skip
+            steps, cfg = fixed.steps, fixed.cfg
+            schedule: dict[str, Any] = {"steps": None, "cfg": None}
+        else:
+            schedule = {
+                "steps": int(steps), "cfg": float(cfg), "threshold_noise": float(threshold_noise),
+                "linear_steps": int(linear_steps) or None,
+            }  # fmt: skip
 
         # linked inputs are known only now; a latent gives the size, custom sigmas replace the schedule
         check_sampler_inputs(
             width, height, frames, steps, linear_steps, threshold_noise,
-            size=latent is None, schedule=sigmas is None,
+            size=latent is None, schedule=sigmas is None and preset == "default",
         )  # fmt: skip
         dit = model.model
         pos = conditioning_to_t5(positive, "positive")
@@ -247,6 +346,7 @@ class MochiSampler:
         if sigmas is not None:
             sig = [float(s) for s in torch.as_tensor(sigmas).flatten().tolist()]
             steps = len(sig) - 1
+            schedule["steps"] = steps
             if latent is not None and denoise >= 1.0 and 0.0 < sig[0] < 1.0:
                 denoise = sig[0]  # split/partial sigmas with a start latent: start from the latent at sigmas[0]
         if latent is not None and denoise < 1.0:
@@ -256,7 +356,7 @@ class MochiSampler:
                 "denoise < 1 needs a latent to start from (video-to-video); use denoise 1.0 for text-to-video"
             )
         noise = mochi_core.make_noise(int(seed), frames=int(frames), height=int(height), width=int(width), batch=batch)
-        progress = host.ProgressReporter(steps, previews=True)
+        progress = host.ProgressReporter(int(steps), previews=True)
         device = host.compute_device()
         job = plan_sampling(
             model,
@@ -266,6 +366,7 @@ class MochiSampler:
             budget_bytes=model.budget_bytes,
             cfg_pass=float(cfg) != 1.0,
             text_shape=(max(pos[0].shape[1], neg[0].shape[1]), want),
+            teacache=float(teacache_threshold) > 0,
         )
         job.check("Mochi Sampler")
         plan = job.plan
@@ -281,6 +382,7 @@ class MochiSampler:
                 + (", CFG batched" if plan.batch_cfg else ", CFG passes one at a time"),
             ),
         )
+        stats = SamplingStats()
         with (
             host.interrupt_errors("Mochi Sampler"),
             host.relative_paths("diffusion_models"),  # a message naming the DiT file (a NaN weight) stays relative
@@ -292,16 +394,19 @@ class MochiSampler:
                 noise.to(dev),
                 (pos[0].to(dev), pos[1].to(dev)),
                 (neg[0].to(dev), neg[1].to(dev)),
-                steps=int(steps),
-                cfg=float(cfg),
-                threshold_noise=float(threshold_noise),
-                linear_steps=int(linear_steps) or None,
+                **schedule,
                 sigmas=sig,
                 start_latent=start.to(dev) if start is not None else None,
                 denoise=float(denoise),
                 batch_cfg=plan.batch_cfg,
                 callback=progress.callback(),
                 should_stop=host.should_stop,
+                stats=stats,
+                **speed,
             )
+        logger.info(
+            "Mochi Sampler: %d steps, %d DiT passes run, %d skipped%s", stats.steps, stats.dit_passes,
+            stats.dit_passes_skipped, f" (TeaCache {stats.teacache_pattern})" if stats.teacache_pattern else "",
+        )  # fmt: skip
         samples = mochi_core.denormalize_latent(out).to(host.output_device())
         return ({"samples": samples},)

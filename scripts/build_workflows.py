@@ -297,6 +297,13 @@ def _sampler(frames: int, *, latent: bool = False, denoise: float = 1.0, seed: i
             "threshold_noise": 0.025,
             "linear_steps": 0,
             "denoise": denoise,
+            # doing less work: all off (workflows saved before these inputs existed load with these defaults)
+            "preset": "default",
+            "teacache_threshold": 0.0,
+            "max_skip_steps": 0,
+            "stg_scale": 0.0,
+            "stg_blocks": "34",
+            "stg_rescale": 0.0,
         },
         (880, 60),
         (340, 330),

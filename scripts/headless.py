@@ -6,7 +6,8 @@ Standard library only (plus ``scripts/comfy_client.py`` beside it):
         --workflow workflows/api/mochi_text_to_video.json \\
         --prompt "a red fox in the snow" --seed 42 --frames 31 --steps 64 --out ./output
 
-Overrides are applied to the sampler node (``MochiSampler``: seed, frames, steps, width, height, cfg), to the
+Overrides are applied to the sampler node (``MochiSampler``: seed, frames, steps, width, height, cfg, and the
+optional preset, teacache_threshold, max_skip_steps, stg_scale, stg_blocks, stg_rescale), to the
 text nodes its ``positive`` / ``negative`` inputs are linked to (``text``) and to the loader nodes (``--dit``,
 ``--t5``, ``--vae``: file names as the loaders list them, relative to ComfyUI's model folders), so any workflow
 built from our nodes works, whatever its node ids. Progress comes from ComfyUI's ``/ws`` events; the files the
@@ -81,6 +82,12 @@ def apply_overrides(
     dit: str | None = None,
     t5: str | None = None,
     vae: str | None = None,
+    preset: str | None = None,
+    teacache_threshold: float | None = None,
+    max_skip_steps: int | None = None,
+    stg_scale: float | None = None,
+    stg_blocks: str | None = None,
+    stg_rescale: float | None = None,
 ) -> dict[str, Any]:
     """A copy of the API ``prompt`` with the given values set on every Mochi sampler, its prompt nodes and the
     loader nodes (``dit`` / ``t5`` / ``vae``: model file names; UsageError when the workflow has no such loader)."""
@@ -105,6 +112,12 @@ def apply_overrides(
             ("width", width),
             ("height", height),
             ("cfg", cfg),
+            ("preset", preset),
+            ("teacache_threshold", teacache_threshold),
+            ("max_skip_steps", max_skip_steps),
+            ("stg_scale", stg_scale),
+            ("stg_blocks", stg_blocks),
+            ("stg_rescale", stg_rescale),
         ):
             if value is not None:
                 inputs[name] = value
@@ -262,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dit", help="DiT file name as the loader lists it (relative to models/diffusion_models)")
     ap.add_argument("--t5", help="T5 file name (relative to models/text_encoders)")
     ap.add_argument("--vae", help="VAE file name (relative to models/vae)")
+    ap.add_argument("--preset", choices=["default", "fast"], help="fast = FastMochi: 8 steps, cfg 1.5, its schedule")
+    ap.add_argument("--teacache-threshold", type=float, help="TeaCache (0 = off; 0.06 / 0.09 published)")
+    ap.add_argument("--max-skip-steps", type=int, help="TeaCache: most skipped steps in a row (0 = no limit)")
+    ap.add_argument("--stg-scale", type=float, help="spatiotemporal skip guidance scale (0 = off, 1 typical)")
+    ap.add_argument("--stg-blocks", help="STG: skipped blocks, e.g. 34 or 30,34")
+    ap.add_argument("--stg-rescale", type=float, help="STG rescale (0 = off, 0.7 typical)")
     ap.add_argument("--out", type=Path, default=Path("output"), help="folder for the downloaded files")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the result")
     args = ap.parse_args(argv)
@@ -282,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
             dit=args.dit,
             t5=args.t5,
             vae=args.vae,
+            preset=args.preset,
+            teacache_threshold=args.teacache_threshold,
+            max_skip_steps=args.max_skip_steps,
+            stg_scale=args.stg_scale,
+            stg_blocks=args.stg_blocks,
+            stg_rescale=args.stg_rescale,
         )
     except (UsageError, ValueError) as exc:
         log.error("%s", exc)

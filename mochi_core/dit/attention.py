@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidInputError, MissingBackendError
 
-__all__ = ["BACKENDS", "TokenCounts", "check_backend", "joint_attention"]
+__all__ = ["BACKENDS", "TokenCounts", "check_backend", "dense_kernel", "joint_attention"]
 
 BACKENDS: dict[str, tuple[str | None, str | None]] = {
     # name -> (python module, pip package)
@@ -85,6 +85,11 @@ def _sage(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     from sageattention import sageattn  # optional dependency
 
     return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
+
+
+def dense_kernel(backend: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The kernel of a dense backend ("sdpa", "sage"): (B, S, H, D) q, k, v -> (B, S, H, D)."""
+    return _sage if backend == "sage" else _sdpa
 
 
 def _dense(

@@ -7,10 +7,23 @@ prediction x0 − ε in float32.
 Speed notes: the valid text tokens are gathered once per forward (the text stream runs only on them; padded
 tokens never reach any visual output in the official model either), RoPE rotations are computed once per
 forward, and neighbouring samples with equal valid-token counts share one attention call.
+
+Memory: sequences longer than ``token_chunk`` visual tokens run the per-token parts of every block in chunks of
+that many tokens (``mochi_core/dit/block.py``); the planner models the same constant.
+
+Sampling helpers (used by ``mochi_core.sampling``; the plain call is unchanged):
+- ``skip_blocks``: blocks passed through unchanged (spatiotemporal skip guidance's perturbed pass);
+- ``cache`` (:class:`StreamCache`): TeaCache for one stream. ``action`` "probe" returns block 0's modulated input
+  (B, N, Dx) without running the blocks; "compute" runs the forward and keeps the residual
+  r = (input of ``final_layer.linear``) − (``x_embedder`` output); "reuse" skips every block and the final norm
+  and returns ``final_layer.linear(x_embedder output + r)`` unpatchified. A computed call is the plain forward
+  (same functions in the same order), so its output equals the uncached one bit for bit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,14 +34,27 @@ from .. import ops
 from ..errors import InvalidInputError
 from ..finite import verify_weights
 from .attention import TokenCounts, check_backend
-from .block import AsymmetricJointBlock
+from .block import DEFAULT_TOKEN_CHUNK, AsymmetricJointBlock
 from .config import DiTConfig
 from .embeddings import AttentionPool, TimestepEmbedder
 from .rope import rope_frequencies
 
-__all__ = ["AsymmDiT", "PatchEmbed", "FinalLayer"]
+__all__ = ["AsymmDiT", "PatchEmbed", "FinalLayer", "StreamCache", "DEFAULT_TOKEN_CHUNK"]
 
 FINAL_NORM_EPS = 1e-6
+CACHE_ACTIONS = ("probe", "compute", "reuse")
+
+
+@dataclass
+class StreamCache:
+    """TeaCache state of one stream of DiT calls (cond, uncond or perturbed; or one CFG batch).
+
+    ``action``: what the next call does ("probe", "compute", "reuse"; see the module docstring); ``residual``:
+    (B, N, Dx) in the compute dtype, set by the last computed call.
+    """
+
+    action: str = "compute"
+    residual: torch.Tensor | None = None
 
 
 def _sigma_tensor(sigma: object, device: torch.device) -> torch.Tensor:
@@ -69,9 +95,13 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x: (B, N, D), c: (B, D) = SiLU(conditioning) -> (B, N, out)."""
+        return self.linear(self.normalize(x, c))
+
+    def normalize(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The input of ``linear``: LayerNorm(x)·(1 + scale) + shift in float32, cast to x's dtype. (B, N, D)."""
         shift, scale = self.mod(c.to(x.dtype)).to(torch.float32).unsqueeze(1).chunk(2, dim=-1)
         h = F.layer_norm(x.to(torch.float32), (x.shape[-1],), eps=FINAL_NORM_EPS)
-        return self.linear((h * (1.0 + scale) + shift).to(x.dtype))
+        return (h * (1.0 + scale) + shift).to(x.dtype)
 
 
 class AsymmDiT(nn.Module):
@@ -94,6 +124,7 @@ class AsymmDiT(nn.Module):
         self.config = config
         self.compute_dtype = compute_dtype
         self.attention = check_backend(attention)
+        self.token_chunk: int | None = DEFAULT_TOKEN_CHUNK
         dx, dy = config.hidden_size_x, config.hidden_size_y
         self.pos_frequencies = nn.Parameter(
             torch.empty(3, config.num_heads, config.head_dim // 2, device=device), requires_grad=False
@@ -179,11 +210,25 @@ class AsymmDiT(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(
-        self, x: torch.Tensor, sigma: torch.Tensor | float, t5_feat: torch.Tensor, t5_mask: torch.Tensor
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor | float,
+        t5_feat: torch.Tensor,
+        t5_mask: torch.Tensor,
+        *,
+        skip_blocks: Collection[int] = (),
+        cache: StreamCache | None = None,
     ) -> torch.Tensor:
         """x: (B, C, T, H, W) DiT-space latent, sigma: (B,) in [0, 1] (1 = noise), t5_feat: (B, L, D_t5),
-        t5_mask: (B, L) bool -> (B, C, T, H, W) float32 prediction of x0 − ε."""
+        t5_mask: (B, L) bool -> (B, C, T, H, W) float32 prediction of x0 − ε.
+
+        ``skip_blocks`` / ``cache``: see the module docstring (a "probe" returns (B, N, Dx) instead)."""
         sigma, mask = self._check_inputs(x, sigma, t5_feat, t5_mask)
+        action = "compute" if cache is None else cache.action
+        if action not in CACHE_ACTIONS:
+            raise InvalidInputError(f"cache.action={action!r} is not allowed; use one of {', '.join(CACHE_ACTIONS)}")
+        if action == "reuse" and cache is not None and cache.residual is None:
+            raise InvalidInputError("cache.action='reuse' needs a residual from an earlier computed call")
         cfg, dtype = self.config, self.compute_dtype
         b, _, t, h, w = x.shape
         p = cfg.patch_size
@@ -194,9 +239,20 @@ class AsymmDiT(nn.Module):
         # taken in float32 from the features as given (the T5 output is float32), as the official code does.
         c = self.t_embedder(1.0 - sigma, dtype) + self.t5_y_embedder(t5_feat, mask, dtype)
         c = F.silu(c)
-        t5_feat = t5_feat.to(dtype)
+        xt = self.x_embedder(x.to(dtype))  # (B, N, Dx)
+        if action == "probe":
+            return self.blocks[0](xt, xt, c, xt, (), mode="probe")[0]
+        if action == "reuse":
+            assert cache is not None and cache.residual is not None
+            sp = self.sequence_parallel
+            if sp is not None:  # the residual holds this rank's tokens
+                sp.bind(xt.shape[1])
+                xt = xt[:, sp.start : sp.end]
+            out = self.final_layer.linear(xt + cache.residual)
+            return self._unpatchify(out if sp is None else sp.gather(out), b, t, h, w)
 
         # text stream on the valid tokens only (gathered once, order kept; official packed-path semantics)
+        t5_feat = t5_feat.to(dtype)
         counts = TokenCounts(int(n) for n in mask.sum(dim=1).tolist())  # one host read per forward
         max_len = max(counts)
         prefix = torch.arange(mask.shape[1], device=mask.device)[None] < mask.sum(dim=1, keepdim=True)
@@ -207,21 +263,30 @@ class AsymmDiT(nn.Module):
             y_feat = t5_feat.gather(1, order[..., None].expand(-1, -1, t5_feat.shape[-1]))
         y = self.t5_yproj(y_feat)  # (B, L_max, Dy)
 
-        xt = self.x_embedder(x.to(dtype))  # (B, N, Dx)
         rot = rope_frequencies(self.pos_frequencies.to(x.device), t, ph, pw)  # (N, H, hd/2) complex64
         if self.attention == "flash":  # its cumulative lengths go to the device once, before the blocks
             counts.cu_seqlens(xt.shape[1], x.device)  # all visual tokens (sequence parallelism attends over all)
         attention, sp = self.attention, self.sequence_parallel
+        hidden = xt
+        del xt
         if sp is not None:  # this rank's slice of the visual tokens (mochi_core.parallel.sequence)
-            (xt, rot), attention = sp.shard(xt, rot), sp.attention(self.attention)
-        for block in self.blocks:
-            xt, y = block(xt, y, c, rot, counts, attention)
-        out = self.final_layer(xt, c)  # (B, N, p·p·C)
+            (hidden, rot), attention = sp.shard(hidden, rot), sp.attention(self.attention)
+        embedded = hidden if cache is not None else None  # kept for the residual only: else freed after block 0
+        for i, block in enumerate(self.blocks):
+            mode = "skip" if i in skip_blocks else "full"
+            hidden, y = block(hidden, y, c, rot, counts, attention, chunk=self.token_chunk, mode=mode)
+        hidden = self.final_layer.normalize(hidden, c)  # (B, N, Dx) (this rank's tokens)
+        if cache is not None:
+            cache.residual = hidden - embedded
+        out = self.final_layer.linear(hidden)  # (B, N, p·p·C)
         if sp is not None:
             out = sp.gather(out)
+        return self._unpatchify(out, b, t, h, w)
 
-        co = cfg.out_channels
-        out = out.reshape(b, t, ph, pw, p, p, co).permute(0, 6, 1, 2, 4, 3, 5)
+    def _unpatchify(self, out: torch.Tensor, b: int, t: int, h: int, w: int) -> torch.Tensor:
+        """(B, N, p·p·C) -> (B, C, T, H, W) float32."""
+        p, co = self.config.patch_size, self.config.out_channels
+        out = out.reshape(b, t, h // p, w // p, p, p, co).permute(0, 6, 1, 2, 4, 3, 5)
         verify_weights(self)  # first forward: NaN/inf weights named by file and tensor (one host sync)
         return out.reshape(b, co, t, h, w).to(torch.float32)
 

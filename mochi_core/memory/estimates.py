@@ -215,6 +215,7 @@ def dit_activation_bytes(
     uncond_tokens: int | None = 0,
     threads: int | None = None,
     device_type: str = "cuda",
+    token_chunk: int | None = None,
 ) -> dict[str, int]:
     """Peak bytes one DiT forward allocates beyond its weights, by part (see module docstring).
 
@@ -226,6 +227,8 @@ def dit_activation_bytes(
     (16-bit only) = 10. ``uncond_tokens``: valid tokens of the negative prompt in a batched CFG call (0 = empty
     prompt, the official default; None = same as ``text_tokens``). ``device_type`` "cpu": weight casts in slices
     (:func:`linear_cast_bytes`).
+    ``token_chunk``: the DiT's chunk length (``AsymmDiT.token_chunk``; None when it does not chunk, as with the
+    flash-attn backend); sequences longer than it run the chunked block (:func:`_chunked_stream_bytes`).
     Returns {"rope", "stream" (the peak stage's live tensors incl. the weight cast), "attention_workspace" (kernel
     workspace at that stage), "inputs", "total"}.
     """
@@ -238,6 +241,7 @@ def dit_activation_bytes(
     cast_w2 = linear_cast_bytes(
         dx, fx, tokens=b * n, compute_bytes=a, factor=_cast_factor(storage, compute_dtype), device_type=device_type
     )
+    chunked = token_chunk is not None and n > token_chunk
     mlp = 5 * u + 2 * b * n * fx * a + cast_w2
     gated = 10 * u if a == 2 else 5 * u
     s = n + text_tokens
@@ -253,6 +257,18 @@ def dit_activation_bytes(
         workspace = _cpu_flash_workspace(b // 2 if two_groups else b, cfg.num_heads, s, cfg.head_dim, a, th)
     else:
         workspace = 0
+    latent = cfg.in_channels * n * cfg.patch_size**2 * 4
+    inputs = (
+        b * text_tokens * (dy + cfg.t5_feat_dim) * a + b * cfg.t5_token_length * cfg.t5_feat_dim * 4 + 3 * b * latent
+    )
+    if chunked:
+        assert token_chunk is not None
+        stream, at_peak_ws = _chunked_stream_bytes(
+            cfg, n=n, b=b, a=a, text_tokens=text_tokens, two_groups=two_groups, chunk=token_chunk,
+            workspace=workspace, storage=storage, compute_dtype=compute_dtype, device_type=device_type,
+        )  # fmt: skip
+        total = rope + stream + at_peak_ws + inputs
+        return {"rope": rope, "stream": stream, "attention_workspace": at_peak_ws, "inputs": inputs, "total": total}
     base = (5 + 2 * rho) * u
     if two_groups:
         attn, attn_ws = base + 5 * u, workspace
@@ -264,12 +280,60 @@ def dit_activation_bytes(
         stream, at_peak_ws = attn, attn_ws
     else:
         stream, at_peak_ws = max(mlp, gated), 0
-    latent = cfg.in_channels * n * cfg.patch_size**2 * 4
-    inputs = (
-        b * text_tokens * (dy + cfg.t5_feat_dim) * a + b * cfg.t5_token_length * cfg.t5_feat_dim * 4 + 3 * b * latent
-    )
     total = rope + stream + at_peak_ws + inputs
     return {"rope": rope, "stream": stream, "attention_workspace": at_peak_ws, "inputs": inputs, "total": total}
+
+
+def _chunked_stream_bytes(
+    cfg: Any,
+    *,
+    n: int,
+    b: int,
+    a: int,
+    text_tokens: int,
+    two_groups: bool,
+    chunk: int,
+    workspace: int,
+    storage: str,
+    compute_dtype: str,
+    device_type: str,
+) -> tuple[int, int]:
+    """(live bytes at the peak stage, kernel workspace at that stage) of the chunked block
+    (``AsymmetricAttention.forward_chunked`` and the chunked MLP of ``mochi_core/dit/block.py``).
+
+    Whole-sequence tensors: U = B·N·D_x·a (block input, block output) and per attention group of g samples
+    G = g·(N + L)·D_x·a (q, k, v, kernel output; g = B, or B/2 when the CFG halves' valid text counts differ,
+    then the second group runs while the first group's output rows are already written). Chunk temporaries
+    for R = g·c·D_x elements (c = chunk tokens): building q/k/v: modulated input (R·a; with 16-bit compute also
+    its float32 form, 4R) and the qkv output (3R·a) with qkv_x's weight cast, then q or k normalized and
+    rotated in float32 (2·4R) next to the qkv output; output projection: the gathered kernel rows, proj_x's
+    output (2R·a) and the gated residual (4R, plus 2·4R + R·a of float32 copies with 16-bit compute); MLP on
+    B·c rows: modulated input, w1's output (2·F_x/D_x wide), w2's output and a weight cast.
+    """
+    dx, fx = cfg.hidden_size_x, cfg.mlp_hidden_x
+    g = b // 2 if two_groups else b
+    c = min(chunk, n)
+    u = b * n * dx * a
+    big_g = g * (n + text_tokens) * dx * a
+    r = g * c * dx
+    f32_extra = 4 * r if a == 2 else 0
+    factor = _cast_factor(storage, compute_dtype)
+
+    def cast(out_f: int, in_f: int, rows: int) -> int:
+        return linear_cast_bytes(out_f, in_f, tokens=rows, compute_bytes=a, factor=factor, device_type=device_type)
+
+    build = max(4 * r * a + f32_extra + cast(3 * dx, dx, g * c), 3 * r * a + 2 * 4 * r)
+    proj = 2 * r * a + 4 * r + (2 * 4 * r + r * a if a == 2 else 0) + cast(dx, dx, g * c)
+    rm = b * c * dx
+    mlp = rm * a + 2 * b * c * fx * a + rm * a + max(cast(2 * fx, dx, b * c), cast(dx, fx, b * c))
+    out_early = u if two_groups else 0  # the block output exists while the second group runs
+    stages = [
+        (u + out_early + 3 * big_g + build, 0),
+        (u + out_early + 4 * big_g, workspace),
+        (u + big_g + u + proj, 0),
+        (2 * u + mlp, 0),
+    ]
+    return max(stages, key=lambda st: st[0] + st[1])
 
 
 def t5_activation_bytes(

@@ -85,6 +85,8 @@ class PhaseModel:
         sp: int = 1,
         cfg_parallel: bool = False,
         lora_bytes: tuple[int, list[int]] | None = None,
+        token_chunk: int | None = None,
+        teacache: bool = False,
     ) -> None:
         self.sp, self.cfg_parallel = sp, cfg_parallel
         self.lt, self.lh, self.lw = latent
@@ -99,6 +101,7 @@ class PhaseModel:
         self.carried = 2 * t5_sizes.tokens * t5_sizes.d_model * 4 + 2 * t5_sizes.tokens
         self.t5_other, self.t5_layers = t5_weight_bytes(t5_sizes, t5_storage)
         self.device_type = device_type
+        self.token_chunk, self.teacache = token_chunk, teacache
         self.t5_act = t5_activation_bytes(
             t5_sizes, prompts=2, compute_dtype=t5_compute_dtype, storage=t5_storage, device_type=device_type
         )
@@ -134,6 +137,7 @@ class PhaseModel:
         """Sampling with ``resident`` DiT blocks on the device and cond / uncond in one batch when ``batched``."""
         b = self.batch * (1 if self.cfg_parallel else (2 if batched else 1))
         tokens = -(-self.visual_tokens // self.sp)  # this rank's slice (the first ranks hold one more)
+        chunk = self.token_chunk if self.sp == 1 else None  # sequence-parallel blocks run whole (dit/block.py)
         act = dit_activation_bytes(
             self.cfg,
             visual_tokens=tokens,
@@ -143,12 +147,14 @@ class PhaseModel:
             storage=self.dit_storage,
             backend=self.backend,
             device_type=self.device_type,
+            token_chunk=chunk,
         )
+        cache = self.teacache_bytes() if self.teacache else 0
         if resident < self.depth:
             w = streamed_weights(self.dit_other, self.dit_blocks, resident, self.prefetch)
         else:
             w = self.dit_other + sum(self.dit_blocks)
-        other = self.carried + 4 * self.latent_bytes
+        other = self.carried + 4 * self.latent_bytes + cache
         ws = act["attention_workspace"]
         if self.sp > 1:
             # q, k, v received from every rank and joined along the tokens, in the compute dtype (2 x 3 units)
@@ -163,8 +169,17 @@ class PhaseModel:
             "batch_cfg": batched,
             "activation_parts": act,
             "rank_tokens": tokens,
+            "token_chunk": chunk,
+            "teacache_bytes": cache,
         }
         return PhasePeak("sampling", w, activations, ws, other, self.reserve, peak, detail)
+
+    def teacache_bytes(self) -> int:
+        """TeaCache state kept across steps: for cond and uncond, block 0's modulated input of the previous step
+        and the residual of the last computed call, plus the embedded input kept through one forward (each
+        N·D_x in the compute dtype per sample, times the video batch; ``mochi_core.teacache``)."""
+        u = self.visual_tokens * self.cfg.hidden_size_x * {"fp32": 4}.get(self.compute_dtype, 2)
+        return self.batch * (2 * 2 * u + 2 * u)
 
     def decoding(self, tile: Any) -> PhasePeak:
         """Decoding with ``tile`` (a :class:`~mochi_core.vae.tiling.TilePlan`): decoder weights, the latent and

@@ -265,6 +265,8 @@ def plan(
     cfg_parallel: bool = False,
     sp: int = 1,
     loras: Sequence[Any] = (),
+    token_chunk: int | None | str = "auto",
+    teacache: bool = False,
 ) -> Plan:
     """Plan one ``width``x``height``x``frames`` generation under ``budget_bytes`` on ``device``.
 
@@ -277,8 +279,9 @@ def plan(
     (bytes or a size such as "768MiB"; default 768 MiB on CUDA, 0 on CPU). ``batch``: videos sampled and decoded
     together (1..64; a batched latent). ``cfg_parallel`` / ``sp``: plan one rank of a multi-process run (``sp``
     must divide the heads; each CFG rank runs its half). ``loras``: LoRA files applied at run time (their factors,
-    read from the headers, are counted in the DiT blocks they change, in the compute dtype). Sizes follow
-    mochi-spec.md §3.6 (frames
+    read from the headers, are counted in the DiT blocks they change, in the compute dtype). ``token_chunk``: the
+    DiT's chunk length ("auto" = the DiT's default, None = never chunked); ``teacache``: count TeaCache's state
+    kept across steps. Sizes follow mochi-spec.md §3.6 (frames
     6k+1, width/height multiples of 16). Every argument is validated first
     (:class:`~mochi_core.errors.InvalidInputError` names it). Returns a :class:`Plan` (``fits`` may be False; see
     :func:`require_fit`).
@@ -318,6 +321,15 @@ def plan(
     if layout.cfg_parallel:
         batch_cfg = True  # each CFG rank runs its half of the batch
     lora_bytes = _lora_bytes(loras, cfg.depth, _DTYPE_BYTES[cdt])
+    if token_chunk == "auto":
+        from ..dit.block import DEFAULT_TOKEN_CHUNK
+
+        chunk: int | None = DEFAULT_TOKEN_CHUNK
+    else:
+        chunk = None if token_chunk is None else as_int_in("token_chunk", token_chunk, low=1, high=1 << 30)
+    teacache = bool(as_bool("teacache", teacache))
+    if attention == "flash":  # the flash-attn varlen path runs whole sequences (mochi_core/dit/block.py)
+        chunk = None
 
     backend = attention_backend(dev, attention, _DTYPE_BYTES[cdt], cfg.head_dim)
     model = PhaseModel(
@@ -339,6 +351,8 @@ def plan(
         sp=layout.sp,
         cfg_parallel=layout.cfg_parallel,
         lora_bytes=lora_bytes,
+        token_chunk=chunk,
+        teacache=teacache,
     )
     text = _choose_text(model, budget)
     samp = _choose_sampling(model, budget, resident_blocks, batch_cfg)

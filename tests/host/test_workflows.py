@@ -13,6 +13,7 @@ from pathlib import Path
 
 import build_workflows
 import pytest
+from comfy_client import PromptRejected
 from headless import apply_overrides, find_nodes
 from tiny_models import probe_video, write_all, write_test_video
 
@@ -121,3 +122,36 @@ def test_core_sigmas_drive_the_sampler(comfy_host, tiny_models) -> None:
     prompt["95"]["inputs"]["sigma_max"] = 2.0
     bad = comfy_host.client.run(prompt, timeout=300)
     assert bad.status == "error" and "sigmas must start in (0, 1]" in bad.error["exception_message"]
+
+
+SPEED_INPUTS = ("preset", "teacache_threshold", "max_skip_steps", "stg_scale", "stg_blocks", "stg_rescale")
+
+
+def test_workflow_saved_without_the_speed_inputs_still_runs(comfy_host, tiny_models) -> None:
+    """A workflow saved before the sampler had its optional speed inputs (they are simply absent) runs as before."""
+    prompt = small(json.loads((API_DIR / "mochi_text_to_video.json").read_text()), "old")
+    (sid,) = find_nodes(prompt, "MochiSampler")
+    assert set(SPEED_INPUTS) <= set(prompt[sid]["inputs"])
+    for name in SPEED_INPUTS:
+        del prompt[sid]["inputs"][name]
+    result = comfy_host.client.run(prompt, timeout=300)
+    assert result.status == "success", result.error
+    assert "Mochi Sampler: 2 steps, 4 DiT passes run, 0 skipped" in comfy_host.log()
+
+
+def test_fast_preset_teacache_and_stg_in_the_host(comfy_host, tiny_models) -> None:
+    """preset fast runs 8 steps whatever the steps widget says; TeaCache + STG run and the log counts the passes;
+    a bad stg_blocks text is refused when the prompt is queued."""
+    prompt = small(json.loads((API_DIR / "mochi_text_to_video.json").read_text()), "fast")
+    (sid,) = find_nodes(prompt, "MochiSampler")
+    prompt = apply_overrides(prompt, preset="fast", teacache_threshold=0.09, stg_scale=1.0, stg_blocks="0")
+    result = comfy_host.client.run(prompt, timeout=300)
+    assert result.status == "success", result.error
+    ticks = [e["data"] for e in result.events if e.get("type") == "progress" and e["data"].get("node") == sid]
+    assert ticks[-1]["max"] == 8
+    line = next(ln for ln in comfy_host.log().splitlines()[::-1] if "Mochi Sampler: 8 steps" in ln)
+    assert "DiT passes run" in line and "TeaCache C" in line
+    bad = apply_overrides(prompt, stg_blocks="thirty-four")
+    with pytest.raises(PromptRejected) as exc:
+        comfy_host.client.run(bad, timeout=300)
+    assert "stg_blocks='thirty-four'" in json.dumps(exc.value.body)

@@ -70,7 +70,17 @@ def test_the_validated_inputs_are_the_expected_ones() -> None:
     assert got == {
         "MochiDiTLoader": ["dit_name"],
         "MochiEmptyLatent": ["width", "height", "frames", "batch_size"],
-        "MochiSampler": ["width", "height", "frames", "steps", "linear_steps", "threshold_noise", "latent", "sigmas"],
+        "MochiSampler": [
+            "width",
+            "height",
+            "frames",
+            "steps",
+            "linear_steps",
+            "threshold_noise",
+            "latent",
+            "sigmas",
+            "stg_blocks",
+        ],
         "MochiT5Loader": ["t5_name"],
         "MochiLoRA": ["lora_name", "strength"],
         "MochiTextEncode": ["text"],

@@ -163,6 +163,33 @@ def test_target_12gb_with_streaming() -> None:
     assert not forced.fits
 
 
+def test_chunked_forward_lowers_the_memory_floor() -> None:
+    """848x480x163 with an fp8 DiT: chunked blocks (the default) fit in 4.5 GB; whole-sequence blocks needed
+    6.07 GB. At 12 GB more blocks stay resident than the 28 of the whole-sequence model."""
+    chunked = plan(848, 480, 163, budget_bytes="4.5GB", dit_storage="fp8_e4m3fn")
+    assert chunked.fits and chunked.min_budget_bytes <= 4.5 * GB
+    assert chunked.phase("sampling").detail["token_chunk"] == 8192
+    whole = plan(848, 480, 163, budget_bytes="4.5GB", dit_storage="fp8_e4m3fn", token_chunk=None)
+    assert not whole.fits and 6.0 * GB < whole.min_budget_bytes < 6.2 * GB
+    at12 = plan(848, 480, 163, budget_bytes=12 * GB, dit_storage="fp8_e4m3fn")
+    assert at12.fits and at12.resident_blocks > 28
+    assert plan(848, 480, 163, budget_bytes=12 * GB, token_chunk=None).resident_blocks == 28
+    # flash-attn runs whole sequences: no chunking modelled
+    assert plan(848, 480, 163, budget_bytes="4.5GB", attention="flash").phase("sampling").detail["token_chunk"] is None
+    # short sequences are not chunked at all: the same prediction either way
+    a = plan(848, 480, 25, budget_bytes=12 * GB).phase("sampling").peak_bytes
+    assert a == plan(848, 480, 25, budget_bytes=12 * GB, token_chunk=None).phase("sampling").peak_bytes
+
+
+def test_teacache_state_is_planned() -> None:
+    base = plan(848, 480, 163, budget_bytes=12 * GB).phase("sampling")
+    tc = plan(848, 480, 163, budget_bytes=12 * GB, teacache=True, resident_blocks=base.detail["resident_blocks"])
+    u = 44_520 * 3072 * 2  # one sample's (N, D_x) in bf16
+    assert tc.phase("sampling").peak_bytes - base.peak_bytes == 6 * u
+    with pytest.raises(InvalidInputError, match="token_chunk"):
+        plan(848, 480, 163, budget_bytes=12 * GB, token_chunk=0)
+
+
 def test_min_budget_is_tight_and_names_the_limiting_phase() -> None:
     p = plan(848, 480, 163, budget_bytes=20 * GB)
     at_min = plan(848, 480, 163, budget_bytes=p.min_budget_bytes)

@@ -156,9 +156,73 @@ DIT_CASES = [
         "fp32",
         64 * 1024,
     ),
+    # token chunks (mochi_core/dit/block.py): 192 visual tokens in chunks of 64 / 48, CFG as two calls and as one
+    # batch whose halves have different valid text counts (two attention groups), fp32 and 16-bit compute
+    (
+        "d3-w256-chunk64",
+        DiTConfig(depth=3, num_heads=4, hidden_size_x=256, hidden_size_y=128, t5_feat_dim=64, t5_token_length=16),
+        128,
+        128,
+        13,
+        8,
+        "fp32",
+        False,
+        None,
+        "fp32",
+        None,
+        64,
+    ),
+    (
+        "d3-w256-chunk48-B2",
+        DiTConfig(depth=3, num_heads=4, hidden_size_x=256, hidden_size_y=128, t5_feat_dim=64, t5_token_length=16),
+        128,
+        128,
+        13,
+        8,
+        "fp32",
+        True,
+        None,
+        "fp32",
+        None,
+        48,
+    ),
+    (
+        "d3-w256-chunk-cbf16",
+        DiTConfig(depth=3, num_heads=4, hidden_size_x=256, hidden_size_y=128, t5_feat_dim=64, t5_token_length=16),
+        128,
+        128,
+        13,
+        8,
+        "fp8_e4m3fn",
+        False,
+        None,
+        "bf16",
+        None,
+        64,
+    ),
+    (
+        "d6-w256-stream-chunk",
+        DiTConfig(depth=6, num_heads=4, hidden_size_x=256, hidden_size_y=128, t5_feat_dim=64, t5_token_length=16),
+        128,
+        128,
+        13,
+        8,
+        "fp32",
+        False,
+        14,
+        "fp32",
+        None,
+        64,
+    ),
 ]
 
 ROWS: list[str] = []
+
+
+def model_chunk_default() -> int:
+    from mochi_core.dit.block import DEFAULT_TOKEN_CHUNK
+
+    return DEFAULT_TOKEN_CHUNK
 
 
 def _row(
@@ -191,19 +255,22 @@ def test_sampling_phase_prediction(case, tmp_path, monkeypatch) -> None:
 
     name, cfg, width, height, frames, valid, storage, batch_cfg, budget_mb, *rest = case
     compute = rest[0] if rest else "fp32"
-    if len(rest) > 1:  # planner and layers read the same constant
+    if len(rest) > 1 and rest[1] is not None:  # planner and layers read the same constant
         monkeypatch.setattr(ops, "CPU_CAST_CHUNK_BYTES", rest[1])
+    token_chunk = rest[2] if len(rest) > 2 else "auto"
     torch.set_num_threads(2)
     budget = int(budget_mb * 1e6) if budget_mb else 10**12
     p = plan(
         width, height, frames, budget_bytes=budget, device="cpu", dit_storage=storage, dit_config=cfg,
-        t5_sizes=TINY_T5, text_tokens=valid, batch_cfg=batch_cfg, compute_dtype=compute,
+        t5_sizes=TINY_T5, text_tokens=valid, batch_cfg=batch_cfg, compute_dtype=compute, token_chunk=token_chunk,
     )  # fmt: skip
     ph = p.phase("sampling")
+    assert ph.detail["token_chunk"] == (token_chunk if token_chunk != "auto" else model_chunk_default())
     if budget_mb:
         assert p.streaming, f"{name}: the budget was chosen to force streaming"
     path = write_dit(tmp_path / "dit.safetensors", "official", random_dit_state_dict(cfg))
     model = load_dit(path, device="cpu", dtype=compute, storage_dtype=None if storage == "fp32" else storage)
+    model.token_chunk = ph.detail["token_chunk"]
     total_w = _nbytes(list(model.parameters()) + list(model.buffers()))
     per_block = [block_nbytes(b) for b in model.blocks]
     handle = None
