@@ -77,12 +77,33 @@ def _add_generate_parser(subparsers: Any) -> None:
     p.add_argument("--t5", required=True, help="T5 v1.1 XXL encoder: file (fp16, fp8, fp8_scaled) or HF folder")
     p.add_argument("--tokenizer", default=None, help="T5 tokenizer: tokenizer.json, spiece.model or their folder")
     add_size_arguments(p)
-    p.add_argument("--steps", type=int, default=64, help="sampling steps (default 64)")
-    p.add_argument("--cfg", type=float, default=6.0, help="classifier-free guidance scale (default 6.0; 1 = off)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 64; set by --preset fast)")
+    p.add_argument(
+        "--cfg",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default 6.0; 1 = off; set by --preset fast)",
+    )
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: random, reported in the summary)")
     p.add_argument("--threshold-noise", type=float, default=0.025, help="linear-quadratic schedule threshold")
     p.add_argument("--linear-steps", type=int, default=None, help="linear part of the schedule (default steps//2)")
     p.add_argument("--no-batch-cfg", action="store_true", help="run cond and uncond as two DiT calls per step")
+    p.add_argument(
+        "--preset", default="default", help="default, or fast (FastMochi: 8 steps, cfg 1.5, its schedule; for the "
+        "distilled FastMochi weights)",
+    )  # fmt: skip
+    p.add_argument(
+        "--teacache-threshold", type=float, default=0.0,
+        help="TeaCache: skip DiT passes while the input barely changes (0 = off; 0.06 / 0.09 published)",
+    )  # fmt: skip
+    p.add_argument("--max-skip-steps", type=int, default=0, help="TeaCache: most skips in a row (0 = no limit)")
+    p.add_argument(
+        "--stg-scale", type=float, default=0.0, help="spatiotemporal skip guidance scale (0 = off, 1 typical)"
+    )
+    p.add_argument(
+        "--stg-blocks", default="34", help="STG: DiT blocks skipped in the perturbed pass (e.g. 34 or 30,34)"
+    )
+    p.add_argument("--stg-rescale", type=float, default=0.0, help="STG rescale (0 = off, 0.7 typical)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda when available)")
     p.add_argument(
         "--compute-dtype",
@@ -322,6 +343,12 @@ def _run_generate(args: argparse.Namespace) -> int:
             threshold_noise=args.threshold_noise,
             linear_steps=args.linear_steps,
             batch_cfg=not args.no_batch_cfg,
+            preset=args.preset,
+            teacache_threshold=args.teacache_threshold,
+            max_skip_steps=args.max_skip_steps,
+            stg_scale=args.stg_scale,
+            stg_blocks=args.stg_blocks,
+            stg_rescale=args.stg_rescale,
             device=launch.device,
             compute_dtype=args.compute_dtype,
             dit_storage_dtype=args.dit_storage_dtype,

@@ -49,7 +49,7 @@ from .options import (
     renamed,
     resolve_dtype,
 )
-from .sampling import check_start_latent, make_noise, sample
+from .sampling import SamplingStats, check_start_latent, make_noise, sample
 from .text import T5Tokenizer, TextEncoder, find_tokenizer, load_text_encoder
 from .video import decoded_to_frames
 
@@ -236,6 +236,7 @@ def _plan_job(setup: _Setup, budget: Any, models: tuple[Any, Any, Any], batch_cf
         batch_cfg=None if batch_cfg else False,
         **({} if parallel is None else {"cfg_parallel": parallel.layout.cfg_parallel, "sp": parallel.layout.sp}),
         loras=[getattr(lora, "path", lora) for lora, _ in setup.lora.loras],
+        teacache=setup.sampling.teacache_threshold > 0,
     )
     require_fit(job)
     logger.info("memory plan:\n%s", job.summary())
@@ -323,10 +324,11 @@ def _sampling_phase(
     start_latent: torch.Tensor | None,
     callbacks: dict[str, Any],
     timings: dict[str, float],
+    stats: SamplingStats | None = None,
 ) -> tuple[torch.Tensor, str]:
     """The final latent (DiT space) and the DiT's format; a DiT loaded here gets the job's LoRAs and the plan's block
     streaming and is released afterwards, also on failure or interrupt. A DiT passed in is used as it is, with the
-    job's LoRAs (if any) active while it samples."""
+    job's LoRAs (if any) active while it samples. ``stats`` is filled with the DiT passes run and skipped."""
     from .lora import apply_loras, loras_applied
     from .memory.streaming import apply_streaming
 
@@ -354,7 +356,9 @@ def _sampling_phase(
         noise = make_noise(job.seed, frames=job.frames, height=job.height, width=job.width, device=setup.dev)
         wrapped = model if setup.parallel is None else setup.parallel.wrap_dit(model)
         try:
-            latent = sample(wrapped, noise, *conds, options=setup.sampling, start_latent=start_latent, **callbacks)
+            latent = sample(
+                wrapped, noise, *conds, options=setup.sampling, start_latent=start_latent, stats=stats, **callbacks
+            )
         finally:
             if wrapped is not model:
                 wrapped.close()  # a DiT passed in leaves without the sequence-parallel hook
@@ -403,6 +407,20 @@ def _decode_phase(
         if owns:
             release_memory(setup.dev)
     return None if video is None else decoded_to_frames(video)
+
+
+def _speed(setup: _Setup, stats: SamplingStats) -> dict[str, Any]:
+    """The summary's record of the speed options and of the DiT passes that ran and were skipped."""
+    args = setup.sampling
+    return {
+        "preset": args.preset,
+        "teacache_threshold": args.teacache_threshold,
+        "max_skip_steps": args.max_skip_steps,
+        "stg_scale": args.stg_scale,
+        "stg_blocks": list(args.stg_blocks) if args.stg_scale else [],
+        "stg_rescale": args.stg_rescale,
+        **{k: v for k, v in stats.as_dict().items() if k != "steps"},
+    }
 
 
 def _summary(setup: _Setup, latent: torch.Tensor, extra: dict[str, Any]) -> dict[str, Any]:
@@ -461,8 +479,11 @@ def generate(
     dit: PathLike | torch.nn.Module, vae: PathLike | Any, text_encoder: PathLike | TextEncoder,
     negative_prompt: str = "", tokenizer: PathLike | None = None,
     width: int = 848, height: int = 480, frames: int = 31, seed: int = 0,
-    steps: int = 64, cfg: float = 6.0, threshold_noise: float = 0.025, linear_steps: int | None = None,
-    sigmas: Sequence[float] | None = None, cfg_schedule: Sequence[float] | None = None, batch_cfg: bool = True,
+    steps: int | None = None, cfg: float | None = None, threshold_noise: float = 0.025,
+    linear_steps: int | None = None, sigmas: Sequence[float] | None = None,
+    cfg_schedule: Sequence[float] | None = None, batch_cfg: bool = True,
+    preset: str = "default", teacache_threshold: float = 0.0, max_skip_steps: int = 0,
+    stg_scale: float = 0.0, stg_blocks: Sequence[int] | str | None = None, stg_rescale: float = 0.0,
     start_latent: torch.Tensor | None = None, denoise: float = 1.0,
     device: str | torch.device = "cpu", attention: str = "sdpa",
     compute_dtype: str | torch.dtype | None = None, dit_storage_dtype: str | torch.dtype | None = None,
@@ -480,7 +501,10 @@ def generate(
     models given as paths or objects, ``budget=`` and ``plan=``.
 
     Sizes, seed, sampling settings: as :class:`~mochi_core.options.JobOptions` and :func:`sample` take them
-    (``start_latent`` (1, 12, T, H/8, W/8) in DiT space with ``denoise`` < 1: video-to-video). ``device``: "cpu",
+    (``start_latent`` (1, 12, T, H/8, W/8) in DiT space with ``denoise`` < 1: video-to-video); ``steps`` and
+    ``cfg`` default to 64 and 6.0 unless ``preset`` sets them ("fast"); ``teacache_threshold``,
+    ``max_skip_steps``, ``stg_scale``, ``stg_blocks``, ``stg_rescale`` as in :func:`sample` (not with
+    ``parallel``); the summary counts the DiT passes run and skipped. ``device``: "cpu",
     "cuda", "cuda:N" or "mps". ``compute_dtype`` / ``vae_compute_dtype`` (earlier names ``dtype`` /
     ``vae_dtype``): DiT / VAE compute dtypes (default fp32 on CPU, bf16 on CUDA); T5 computes in fp32.
     ``*_storage_dtype``: weight storage conversions (None keeps the files'). ``memory_budget`` (bytes) or
@@ -494,10 +518,19 @@ def generate(
     job = JobOptions.resolve(
         prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, frames=frames, seed=seed
     )
+    by_preset = preset != "default"  # a preset sets steps and cfg itself (SamplingOptions.resolve checks the name)
     sampling = SamplingOptions.resolve(
-        steps=steps, cfg=cfg, threshold_noise=threshold_noise, linear_steps=linear_steps, sigmas=sigmas,
+        steps=64 if steps is None and not by_preset else steps,
+        cfg=6.0 if cfg is None and cfg_schedule is None and not by_preset else cfg,
+        threshold_noise=threshold_noise, linear_steps=linear_steps, sigmas=sigmas,
         cfg_schedule=cfg_schedule, denoise=denoise, batch_cfg=batch_cfg, has_start_latent=start_latent is not None,
+        preset=preset, teacache_threshold=teacache_threshold, max_skip_steps=max_skip_steps, stg_scale=stg_scale,
+        stg_blocks=stg_blocks, stg_rescale=stg_rescale,
     )  # fmt: skip
+    if parallel is not None and (sampling.teacache_threshold > 0 or sampling.stg_scale > 0):
+        raise InvalidInputError(
+            "teacache_threshold and stg_scale need a single-process run; set them to 0 with parallel="
+        )
     if start_latent is not None:  # one video: batch 1, the latent size of the job
         check_start_latent(start_latent, (1, *job.latent_shape))
     dev = _device(device, parallel)
@@ -527,9 +560,10 @@ def generate(
     del feat, mask
     timings["text_encoding_s"] = time.perf_counter() - t0
     # -- phase 2: DiT sampling --
+    stats = SamplingStats()
     latent, formats["dit"] = _sampling_phase(
         dit, setup, conds, start_latent=start_latent, callbacks={"callback": callback, "should_stop": should_stop},
-        timings=timings,
+        timings=timings, stats=stats,
     )  # fmt: skip
     del conds
     t0 = time.perf_counter()  # -- phase 3: VAE decode --
@@ -540,6 +574,8 @@ def generate(
     lora_files = [
         {"file": os.path.basename(str(getattr(x, "path", x))), "strength": strength} for x, strength in lora.loras
     ]
-    summary = _summary(setup, latent, {"cfg": cfgs, "formats": formats, "timings": timings, "loras": lora_files})
+    summary = _summary(
+        setup, latent, {"cfg": cfgs, "formats": formats, "timings": timings, "loras": lora_files, **_speed(setup, stats)}
+    )
     logger.info("generated %d frames %dx%d in %.1f s", job.frames, job.width, job.height, timings["total_s"])
     return GenerationResult(frames=video, latent=latent.cpu(), summary=summary)

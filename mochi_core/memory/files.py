@@ -141,6 +141,7 @@ def plan_for_files(
     cfg_parallel: bool = False,
     sp: int = 1,
     loras: Sequence[Any] = (),
+    teacache: bool = False,
 ) -> Plan:
     """:func:`~mochi_core.memory.planner.plan` for these files; ``*_storage`` None = as stored in the file.
 
@@ -148,6 +149,7 @@ def plan_for_files(
     GPUs with native bf16, fp32 on older GPUs and on CPU). ``batch_cfg`` None lets the
     planner choose (batched when it fits). ``cfg_parallel`` / ``sp``: plan one rank of a multi-process run.
     ``loras``: LoRA files applied at run time (counted in the DiT blocks).
+    ``teacache``: count TeaCache's state kept across steps.
     """
     files = inspect_model_files(dit, text_encoder, vae)
     dev = str(device).split(":")[0]
@@ -173,6 +175,7 @@ def plan_for_files(
         cfg_parallel=cfg_parallel,
         sp=sp,
         loras=loras,
+        teacache=teacache,
     )
     stored = tuple(name for name, asked in (("dit", dit_storage), ("t5", t5_storage)) if asked is None)
     return replace(job, as_stored=stored)

@@ -300,3 +300,30 @@ def test_nan_and_inf_are_refused_before_anything_loads(tmp_path, capsys, extra, 
     rc = main(_gen("--out", str(tmp_path / "v.mp4"), *extra))
     err = capsys.readouterr().err
     assert rc == 2 and words in err, err
+
+
+def test_speed_flags_reach_generate(fake_generate, tmp_path) -> None:
+    rc = main(_gen("--out", str(tmp_path / "v.mp4"), "--preset", "fast", "--teacache-threshold", "0.06",
+                   "--max-skip-steps", "3", "--stg-scale", "1", "--stg-blocks", "30,34", "--stg-rescale", "0.7"))  # fmt: skip
+    assert rc == 0
+    (kw,) = fake_generate
+    assert (kw["preset"], kw["steps"], kw["cfg"]) == ("fast", None, None)
+    assert (kw["teacache_threshold"], kw["max_skip_steps"]) == (0.06, 3)
+    assert (kw["stg_scale"], kw["stg_blocks"], kw["stg_rescale"]) == (1.0, "30,34", 0.7)
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--preset", "turbo"], ["preset='turbo'", "default, fast"]),
+        (["--preset", "fast", "--steps", "20"], ["preset='fast' sets steps=8", "leave steps out"]),
+        (["--teacache-threshold", "-1"], ["teacache_threshold=-1"]),
+        (["--stg-scale", "1", "--stg-blocks", "x"], ["stg_blocks='x'"]),
+    ],
+)
+def test_bad_speed_flags_exit_2_before_any_model_is_read(tmp_path, capsys, extra, words) -> None:
+    rc = main(_gen("--out", str(tmp_path / "v.mp4"), *extra))
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    for w in words:
+        assert w in err, err

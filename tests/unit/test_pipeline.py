@@ -136,6 +136,12 @@ def test_cfg_one_encodes_no_negative_and_skips_uncond(models, t5_tokenizer_dir) 
         ({"sigmas": [1.0, 0.0]}, ["steps + 1 = 4"]),
         ({"denoise": 0}, ["denoise=0", "(0, 1]"]),
         ({"denoise": 0.5}, ["start_latent"]),
+        ({"preset": "turbo"}, ["preset='turbo'", "default, fast"]),
+        ({"preset": "fast"}, ["preset='fast' sets steps=8", "leave steps out"]),
+        ({"teacache_threshold": -1}, ["teacache_threshold=-1"]),
+        ({"max_skip_steps": -2}, ["max_skip_steps=-2"]),
+        ({"stg_scale": 1.0, "stg_blocks": "a,b"}, ["stg_blocks='a,b'"]),
+        ({"stg_rescale": 2}, ["stg_rescale=2"]),
     ],
 )
 def test_inputs_are_validated_before_any_file_is_read(kwargs, words, tmp_path) -> None:
@@ -468,3 +474,24 @@ def test_a_plan_must_be_a_plan(models, t5_tokenizer_dir, no_work, plan) -> None:
     args = {"dit": models["dit"], "vae": models["vae"], "text_encoder": models["t5"], "tokenizer": t5_tokenizer_dir}
     with pytest.raises(InvalidInputError, match=r"plan must be a Plan from mochi_core.plan .*; got (dict|str)"):
         generate("x", **args, steps=2, plan=plan, **SIZE)
+
+
+def test_speed_options_reach_the_sampler_and_the_summary(models, t5_tokenizer_dir) -> None:
+    """generate runs TeaCache and STG as sample does, counts the passes in its summary, and preset fast sets 8
+    steps with cfg 1.5 (steps / cfg left out); the default preset keeps 64 / 6.0 as defaults."""
+    common = dict(dit=models["dit"], vae=models["vae"], text_encoder=models["t5"], tokenizer=t5_tokenizer_dir, seed=3)
+    r = generate(
+        "a cat", steps=8, cfg=4.5, teacache_threshold=0.2, stg_scale=1.0, stg_blocks="1", batch_cfg=False,
+        **common, **SIZE,
+    )  # fmt: skip
+    s = r.summary
+    assert s["teacache_threshold"] == 0.2 and s["stg_scale"] == 1.0 and s["stg_blocks"] == [1]
+    pattern = s["teacache_pattern"]
+    assert len(pattern) == 8 and pattern[0] == pattern[-1] == "C"
+    run, skipped = pattern.count("C"), pattern.count("s")
+    assert s["dit_passes"] == 3 * run and s["dit_passes_skipped"] == 3 * skipped
+    fast = generate("a cat", preset="fast", **common, **SIZE)
+    assert fast.summary["steps"] == 8 and fast.summary["cfg"] == 1.5 and fast.summary["preset"] == "fast"
+    assert fast.summary["dit_passes"] == 16 and fast.summary["dit_passes_skipped"] == 0
+    with pytest.raises(InvalidInputError, match="single-process"):
+        generate("a cat", teacache_threshold=0.1, parallel=object(), **common, **SIZE)
