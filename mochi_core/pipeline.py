@@ -503,8 +503,7 @@ def generate(
     Sizes, seed, sampling settings: as :class:`~mochi_core.options.JobOptions` and :func:`sample` take them
     (``start_latent`` (1, 12, T, H/8, W/8) in DiT space with ``denoise`` < 1: video-to-video); ``steps`` and
     ``cfg`` default to 64 and 6.0 unless ``preset`` sets them ("fast"); ``teacache_threshold``,
-    ``max_skip_steps``, ``stg_scale``, ``stg_blocks``, ``stg_rescale`` as in :func:`sample` (not with
-    ``parallel``); the summary counts the DiT passes run and skipped. ``device``: "cpu",
+    ``max_skip_steps``, ``stg_scale``, ``stg_blocks``, ``stg_rescale`` as in :func:`sample`; the summary counts the DiT passes run and skipped. ``device``: "cpu",
     "cuda", "cuda:N" or "mps". ``compute_dtype`` / ``vae_compute_dtype`` (earlier names ``dtype`` /
     ``vae_dtype``): DiT / VAE compute dtypes (default fp32 on CPU, bf16 on CUDA); T5 computes in fp32.
     ``*_storage_dtype``: weight storage conversions (None keeps the files'). ``memory_budget`` (bytes) or
@@ -527,10 +526,6 @@ def generate(
         preset=preset, teacache_threshold=teacache_threshold, max_skip_steps=max_skip_steps, stg_scale=stg_scale,
         stg_blocks=stg_blocks, stg_rescale=stg_rescale,
     )  # fmt: skip
-    if parallel is not None and (sampling.teacache_threshold > 0 or sampling.stg_scale > 0):
-        raise InvalidInputError(
-            "teacache_threshold and stg_scale need a single-process run; set them to 0 with parallel="
-        )
     if start_latent is not None:  # one video: batch 1, the latent size of the job
         check_start_latent(start_latent, (1, *job.latent_shape))
     dev = _device(device, parallel)

@@ -467,14 +467,16 @@ def sample(
 
 
 def _check_speed_support(dit: Any, args: SamplingArgs) -> None:
-    """TeaCache and STG need the DiT of ``load_dit`` (the ``cache`` / ``skip_blocks`` keywords, ``blocks``)."""
+    """TeaCache and STG need the DiT of ``load_dit`` (the ``cache`` / ``skip_blocks`` keywords, ``blocks``), itself
+    or wrapped (``.model``: a multi-process ``ParallelDiT``, which passes those keywords through)."""
     wants = [
         n for n, on in (("teacache_threshold", args.teacache_threshold > 0), ("stg_scale", args.stg_scale > 0)) if on
     ]
     if not wants:
         return
-    blocks = getattr(dit, "blocks", None)
-    if blocks is None or not hasattr(dit, "token_chunk"):
+    target = dit if hasattr(dit, "blocks") else getattr(dit, "model", dit)
+    blocks = getattr(target, "blocks", None)
+    if blocks is None or not hasattr(target, "token_chunk"):
         raise InvalidInputError(
             f"{wants[0]} > 0 needs the Mochi DiT of mochi_core.load_dit; this model ({type(dit).__name__}) does not "
             "support it; set it to 0"

@@ -493,5 +493,3 @@ def test_speed_options_reach_the_sampler_and_the_summary(models, t5_tokenizer_di
     fast = generate("a cat", preset="fast", **common, **SIZE)
     assert fast.summary["steps"] == 8 and fast.summary["cfg"] == 1.5 and fast.summary["preset"] == "fast"
     assert fast.summary["dit_passes"] == 16 and fast.summary["dit_passes_skipped"] == 0
-    with pytest.raises(InvalidInputError, match="single-process"):
-        generate("a cat", teacache_threshold=0.1, parallel=object(), **common, **SIZE)
