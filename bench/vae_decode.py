@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mochi_core.formats.vae import to_diffusers  # noqa: E402
-from mochi_core.memory import PeakMemoryTracker  # noqa: E402
+from mochi_core.testing.memory import PeakMemoryTracker  # noqa: E402
 from mochi_core.testing.vae import random_decoder_state_dict  # noqa: E402
 from mochi_core.vae import DecoderConfig, TilePlan, build_from_state_dict  # noqa: E402
 

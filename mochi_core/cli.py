@@ -1,7 +1,7 @@
 """Headless command line: ``python -m mochi_core generate ...`` (and ``plan`` when the memory package adds it).
 
-Reproduces the settings of genmoai/mochi ``demos/cli.py`` (848x480, 64 steps, cfg 6.0, 30 fps MP4; mochi-spec.md
-§3.4) without a graph; see README "CLI". Errors the user can cause are printed as one line (no stack trace) with
+Reproduces the settings of genmoai/mochi ``demos/cli.py`` (848x480, 64 steps, cfg 6.0, 30 fps MP4)
+without a graph; see README "CLI". Errors the user can cause are printed as one line (no stack trace) with
 exit status 2 (bad input or checkpoint), 3 (does not fit), 4 (a multi-process run stopped because a rank failed; the
 message names it), 130 (interrupted) or 1 (other pack errors, e.g. an MP4 that could not be written: its frames are
 then saved as PNG files and the message says where). Multi-process runs (``torchrun``, ``--cfg-parallel``, ``--sp``,
@@ -172,15 +172,15 @@ def _add_generate_parser(subparsers: Any) -> None:
 
 
 def _add_plugin_parsers(subparsers: Any) -> None:
-    """HOOK for the memory package: ``mochi_core/memory/cli.py`` may define ``add_plan_parser(subparsers)``,
+    """HOOK for the memory package: ``mochi_core/memory/planning/cli.py`` may define ``add_plan_parser(subparsers)``,
     which adds the ``plan`` subcommand and sets ``func=callable(args) -> int`` on it with ``set_defaults``."""
     try:
-        spec = importlib.util.find_spec("mochi_core.memory.cli")
+        spec = importlib.util.find_spec("mochi_core.memory.planning.cli")
     except (ImportError, ValueError):
         spec = None
     if spec is None:
         return
-    from .memory import cli as memory_cli
+    from .memory.planning import cli as memory_cli
 
     add = getattr(memory_cli, "add_plan_parser", None)
     if callable(add):
@@ -231,30 +231,38 @@ class _Bars:
             bar.close()
 
 
-def _check_folder(folder: Path, option: str) -> None:
-    """``folder`` is an existing writable folder, or can be created in the nearest existing one."""
+def _folder_problem(folder: Path, option: str) -> str | None:
+    """Why ``folder`` cannot receive files (None: it is writable, or can be created in the nearest existing one)."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise InvalidInputError(f"{option} {str(folder)!r}: {str(existing)!r} is a file, not a folder")
+        return f"{option} {str(folder)!r}: {str(existing)!r} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"{option} {str(folder)!r}: the folder {str(existing)!r} is not writable")
+        return f"{option} {str(folder)!r}: the folder {str(existing)!r} is not writable"
+    return None
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """Output options, checked before any model loads: a finished render must have somewhere to go."""
+def _outputs_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the output options (None: a finished render has somewhere to go)."""
     if args.out is None and args.frames_dir is None:
-        raise InvalidInputError("give --out video.mp4 and/or --frames-dir DIR")
+        return "give --out video.mp4 and/or --frames-dir DIR"
     if args.out is not None:
         out = Path(args.out)
         if out.suffix.lower() != ".mp4":
-            raise InvalidInputError(f"--out {args.out!r}: the output must be an .mp4 file")
+            return f"--out {args.out!r}: the output must be an .mp4 file"
         if out.is_dir():
-            raise InvalidInputError(f"--out {args.out!r} is a folder; give a file name ending in .mp4")
-        _check_folder(out.parent, "--out")
-    if args.frames_dir is not None:
-        _check_folder(Path(args.frames_dir), "--frames-dir")
+            return f"--out {args.out!r} is a folder; give a file name ending in .mp4"
+        if (problem := _folder_problem(out.parent, "--out")) is not None:
+            return problem
+    return None if args.frames_dir is None else _folder_problem(Path(args.frames_dir), "--frames-dir")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Output options, checked before any model loads."""
+    problem = _outputs_problem(args)
+    if problem is not None:
+        raise InvalidInputError(problem)
     from .video import check_mp4_options
 
     check_mp4_options(args.fps, args.crf, names=("--fps", "--crf"))

@@ -34,30 +34,40 @@ def check_device(device: str | int | torch.device, *, what: str = "device") -> t
     """``device`` as a ``torch.device`` usable here, or :class:`InvalidInputError` naming ``what`` and the allowed
     values (no model is touched)."""
     allowed = ", ".join(available_devices())
+    dev, problem = _device(device, what)
+    if problem is None and dev is not None:
+        problem = _unusable(dev, what)
+    if problem is not None:
+        raise InvalidInputError(f"{problem}; allowed: {allowed}")
+    assert dev is not None
+    return dev
+
+
+def _device(device: object, what: str) -> tuple[torch.device | None, str | None]:
+    """``device`` as a ``torch.device``, or what is wrong with it."""
     if isinstance(device, torch.device):
-        dev = device
-    elif isinstance(device, (str, int)) and not isinstance(device, bool):
-        try:
-            dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
-        except (RuntimeError, ValueError) as exc:
-            hint = " ('gpu' is spelled 'cuda')" if str(device).strip().lower().startswith("gpu") else ""
-            raise InvalidInputError(f"{what}={device!r} is not a device{hint}; allowed: {allowed}") from exc
-    else:
-        raise InvalidInputError(f"{what} must be a device name or torch.device; got {type(device).__name__}")
+        return device, None
+    if not isinstance(device, (str, int)) or isinstance(device, bool):
+        return None, f"{what} must be a device name or torch.device; got {type(device).__name__}"
+    try:
+        return torch.device(device.strip().lower() if isinstance(device, str) else device), None
+    except (RuntimeError, ValueError):
+        hint = " ('gpu' is spelled 'cuda')" if str(device).strip().lower().startswith("gpu") else ""
+        return None, f"{what}={device!r} is not a device{hint}"
+
+
+def _unusable(dev: torch.device, what: str = "device") -> str | None:
+    """Why ``dev`` cannot be used on this machine (None: it can)."""
     if dev.type == "cpu":
-        return dev
+        return None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise InvalidInputError(
-                f"{what}={str(dev)!r} but CUDA is not available here (no NVIDIA GPU found, or torch built without "
-                f"CUDA); allowed: {allowed}"
+            return (
+                f"{what}={str(dev)!r} but CUDA is not available here (no NVIDIA GPU found, or torch built without CUDA)"
             )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InvalidInputError(
-                f"{what}={str(dev)!r} but only {torch.cuda.device_count()} CUDA device(s) exist; allowed: {allowed}"
-            )
-        return dev
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            return f"{what}={str(dev)!r} but only {count} CUDA device(s) exist"
+        return None
     usable = torch.backends.mps.is_available() if dev.type == "mps" else _backend_available(dev.type)
-    if not usable:
-        raise InvalidInputError(f"{what}={str(dev)!r} is not usable on this machine; allowed: {allowed}")
-    return dev
+    return None if usable else f"{what}={str(dev)!r} is not usable on this machine"

@@ -148,7 +148,7 @@ class CastWeights:
         if fmt in quants.QUANT_TYPES:  # GGUF blocks, expanded on ``device`` (rows are whole blocks: see set_weight)
             out_rows = shape[0] if rows is None else rows[1] - rows[0]
             return quants.dequantize(raw, fmt, (out_rows, *shape[1:]), dtype)
-        raise InvalidInputError(f"unknown weight format {fmt!r}; allowed: {', '.join(WEIGHT_FORMATS)}")
+        raise AssertionError(f"unknown weight format {fmt!r}; set_weight allows only {', '.join(WEIGHT_FORMATS)}")
 
     def compute_bias(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
         return cast_to(self.bias, dtype, device)
@@ -274,8 +274,8 @@ def set_weight(
     scaled-fp8 scalar (checked for NaN/inf here); ``origin`` names the file and tensor
     (``mochi_core.finite.weight_origin``): the weight is then checked for NaN/inf at its first cast.
     """
-    if fmt not in WEIGHT_FORMATS:
-        raise InvalidInputError(f"weight format {fmt!r} not in {WEIGHT_FORMATS}")
+    # the loaders' invariants (formats are detected from the files, scales read with their weights)
+    assert fmt in WEIGHT_FORMATS, f"weight format {fmt!r} not in {WEIGHT_FORMATS}"
     if not isinstance(module, CastWeights):
         raise TypeError(f"{type(module).__name__} does not cast weights on use")
     if fmt in quants.QUANT_TYPES:
@@ -294,10 +294,9 @@ def set_weight(
     module.weight_origin = origin
     module.weight_checked = False
     if fmt == "scaled_fp8":
-        if scale is None:
-            raise InvalidInputError("scaled_fp8 weights need a scale_weight")
-        if scale.numel() != 1:
-            raise InvalidInputError(f"scale_weight must be a single value; got shape {tuple(scale.shape)}")
+        if scale is None or scale.numel() != 1:  # a file's scale_weight: checked here, where it is installed
+            shape = None if scale is None else tuple(scale.shape)
+            raise InvalidInputError(f"scale_weight must be a single value; got shape {shape}")
         scale32 = scale.reshape(()).to(torch.float32)
         if origin is not None:
             check_finite(scale32, f"{origin} (its scale_weight)")

@@ -127,9 +127,8 @@ def resolve_dtype(
         shown = name if name in dtypes.BYTES else repr(value)
         note = choice.notes.get(name, "")
         allowed = f"allowed: {', '.join(choice.names)} or {choice.auto}"
-        if choice.role == "compute":
-            raise InvalidInputError(f"{what}={shown} cannot be a compute dtype{note}; {allowed}")
-        raise InvalidInputError(f"{what}={shown} is not a {choice.model} storage dtype{note}; {allowed}")
+        verdict = "cannot be a compute dtype" if choice.role == "compute" else f"is not a {choice.model} storage dtype"
+        raise InvalidInputError(f"{what}={shown} {verdict}{note}; {allowed}")
     return dtypes.TORCH_DTYPES.get(name, name)
 
 
@@ -142,18 +141,12 @@ def resolve_bytes(value: Any, *, what: str, allow_zero: bool = False) -> int | N
     return parse_bytes(value, what=what, allow_zero=allow_zero)
 
 
-def positive_bytes(value: Any, *, what: str) -> int | None:
+def positive_bytes(value: Any, *, name: str) -> int | None:
     """None, or a positive number of bytes (Python / numpy numbers, one-element tensors; 1e9 is fine), as an int."""
     if value is None:
         return None
-    message = f"{what}={value!r} is not allowed: {what} must be a positive number of bytes (e.g. 8 * 10**9) or None"
-    try:
-        number = as_real(what, value)
-    except InvalidInputError:
-        raise InvalidInputError(message) from None
-    if number < 1:
-        raise InvalidInputError(message)
-    return int(number)
+    bytes_ = as_real(name, value, low=1, what="a positive number of bytes (e.g. 8 * 10**9) or None")
+    return int(bytes_)
 
 
 class _Names:
@@ -169,12 +162,7 @@ class _Names:
 def _attention(value: Any, what: str) -> str:
     from .dit.attention import check_backend
 
-    try:
-        return check_backend(value)
-    except InvalidInputError as exc:
-        if what == "attention":
-            raise
-        raise InvalidInputError(str(exc).replace("attention=", f"{what}=", 1)) from None
+    return check_backend(value, what=what)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,7 +261,7 @@ class DecodeOptions:
         cls, *, memory_budget: Any = None, tile: Any = None, names: Mapping[str, str] | None = None
     ) -> DecodeOptions:
         n = _Names(names)
-        budget = positive_bytes(memory_budget, what=n("memory_budget"))
+        budget = positive_bytes(memory_budget, name=n("memory_budget"))
         if tile is not None:
             from .vae.tiling import TilePlan
 
@@ -380,9 +368,7 @@ class SamplingOptions:
             sched = linear_quadratic_schedule(steps, threshold_noise, linear_steps)
         else:
             sched = validate_sigmas(sigmas, steps)
-        denoise = as_real("denoise", denoise, what="a number in (0, 1]")
-        if not (0.0 < denoise <= 1.0):
-            raise InvalidInputError(f"denoise={denoise!r} is not allowed: it must be in (0, 1]")
+        denoise = as_real("denoise", denoise, low=0.0, high=1.0, low_open=True, what="a number in (0, 1]")
         if denoise < 1.0 and not has_start_latent:
             raise InvalidInputError(
                 "denoise < 1 needs a start_latent (video-to-video); use denoise=1.0 for text-to-video"
@@ -462,7 +448,7 @@ class JobOptions:
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise InvalidInputError(f"{n('prompt')} and {n('negative_prompt')} must be strings")
         w, h, f = check_size(width, height, frames, names=names)
-        return cls(prompt, negative_prompt, w, h, f, check_seed(seed, what=n("seed")))
+        return cls(prompt, negative_prompt, w, h, f, check_seed(seed, name=n("seed")))
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -556,19 +542,19 @@ def check_size(width: Any, height: Any, frames: Any, *, names: Mapping[str, str]
     kind (Python, numpy, one-element tensors)."""
     n = _Names(names)
     w, h, f = (as_int(n(k), v) for k, v in (("width", width), ("height", height), ("frames", frames)))
+    problem = None
     if f < 1 or (f - 1) % 6:
         lo, hi = nearest_frame_counts(f)
         near = f"{lo} or {hi}" if f > 1 else f"{lo}"
-        raise InvalidInputError(
-            f"{n('frames')}={f} is not allowed: Mochi needs 6k+1 frames (1, 7, 13, ..., 163); nearest valid counts: "
-            f"{near}"
-        )
-    for key, value in (("height", h), ("width", w)):
+        problem = f"{n('frames')}={f} is not allowed: Mochi needs 6k+1 frames (1, 7, 13, ..., 163); nearest valid "
+        problem += f"counts: {near}"
+    for key, value in (("height", h), ("width", w)) if problem is None else ():
         if value < 16 or value % 16:
             lo = max(16, value // 16 * 16)
-            raise InvalidInputError(
-                f"{n(key)}={value} is not allowed: it must be a positive multiple of 16 (e.g. {lo} or {lo + 16})"
-            )
+            problem = f"{n(key)}={value} is not allowed: it must be a positive multiple of 16 (e.g. {lo} or {lo + 16})"
+            break
+    if problem is not None:
+        raise InvalidInputError(problem)
     return w, h, f
 
 
@@ -577,36 +563,34 @@ def check_steps(steps: Any) -> int:
     return as_int_in("steps", steps, low=1)
 
 
-def check_seed(seed: Any, *, what: str = "seed") -> int:
-    """A noise seed is an integer in [0, 2**64) (shown as "from 0 to 2**64 - 1"); returned as a Python int."""
-    value = as_int(what, seed, what="an integer in [0, 2**64)")
-    if not (0 <= value < 2**64):
-        raise InvalidInputError(f"{what}={seed!r} is not allowed: use an integer in [0, 2**64)")
-    return value
+def check_seed(seed: Any, *, name: str = "seed") -> int:
+    """A noise seed is an integer in [0, 2**64); returned as a Python int."""
+    return as_int(name, seed, low=0, high=2**64 - 1, what="an integer in [0, 2**64)")
 
 
 def finite_number(name: str, value: Any, *, minimum: float) -> float:
     """``value`` as a float that is finite and >= ``minimum``, or InvalidInputError naming ``name``."""
-    v = as_real(name, value, what=f"a finite number >= {minimum:g}")
-    if v < minimum:
-        raise InvalidInputError(f"{name}={value!r} is not allowed: {name} must be a finite number >= {minimum:g}")
-    return v
+    return as_real(name, value, low=minimum)
 
 
 def _cfg_list(cfg_schedule: Sequence[float] | torch.Tensor, steps: int) -> list[float]:
-    if hasattr(cfg_schedule, "tolist") and hasattr(cfg_schedule, "ndim"):  # torch tensor, numpy array
-        if cfg_schedule.ndim != 1:  # type: ignore[union-attr]
-            raise InvalidInputError(f"cfg_schedule must be 1-D (one value per step); got {tuple(cfg_schedule.shape)}")  # type: ignore[union-attr]
-        values: list[Any] = cfg_schedule.tolist()  # type: ignore[union-attr]
-    elif isinstance(cfg_schedule, (str, bytes, dict)) or not hasattr(cfg_schedule, "__iter__"):
+    """One finite guidance scale >= 0 per step, from a list, a 1-D tensor or a 1-D array."""
+    values: list[Any] | None = None
+    if hasattr(cfg_schedule, "tolist") and getattr(cfg_schedule, "ndim", None) == 1:  # torch tensor, numpy array
+        values = cfg_schedule.tolist()  # type: ignore[union-attr]
+    elif not hasattr(cfg_schedule, "ndim") and not isinstance(cfg_schedule, (str, bytes, dict)):
+        values = list(cfg_schedule) if hasattr(cfg_schedule, "__iter__") else None
+    if values is None or len(values) != steps:
+        got = f"{len(values)} values" if values is not None else _describe(cfg_schedule)
         raise InvalidInputError(
-            f"cfg_schedule must be a list of numbers, one per step ({steps}); got {type(cfg_schedule).__name__}"
+            f"cfg_schedule must be a list of numbers (or a 1-D tensor), one per step ({steps}); got {got}"
         )
-    else:
-        values = list(cfg_schedule)
-    if len(values) != steps:
-        raise InvalidInputError(f"cfg_schedule has {len(values)} entries; it needs one per step ({steps})")
     return [finite_number("cfg", c, minimum=0.0) for c in values]
+
+
+def _describe(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return f"{type(value).__name__} of shape {tuple(shape)}" if shape is not None else type(value).__name__
 
 
 def _start_index(sigmas: Sequence[float], denoise: float) -> int:

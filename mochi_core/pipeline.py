@@ -188,7 +188,7 @@ def _check_models(dit: Any, text_encoder: Any, vae: Any, tokenizer: Any) -> dict
         "dit": check_model_arg(dit, name="dit", method=None, loader="load_dit"),
         "vae": check_model_arg(vae, name="vae", method="decode", loader="load_vae"),
     }
-    from .memory.files import check_model_paths
+    from .memory.planning.files import check_model_paths
 
     paths = {"dit": dit, "text_encoder": text_encoder, "vae": vae}
     check_model_paths(**{k: v if owns[k if k != "text_encoder" else "t5"] else None for k, v in paths.items()})
@@ -206,15 +206,17 @@ def _plan_job(setup: _Setup, budget: Any, models: tuple[Any, Any, Any], batch_cf
     """The planner's choice for the three model paths (for one rank of ``parallel``), or DoesNotFitError before any
     weight is read."""
     from .dtypes import dtype_name
-    from .memory.files import plan_for_files
-    from .memory.planner import require_fit
+    from .memory.planning.files import plan_for_files
+    from .memory.planning.planner import require_fit
 
-    if not all(isinstance(m, (str, os.PathLike)) for m in models):
-        raise InvalidInputError("budget= plans from the model files: pass dit, text_encoder and vae as paths")
-    if setup.dev.type not in ("cuda", "cpu"):
-        raise InvalidInputError(f"budget= is planned for cuda or cpu devices, not {setup.dev.type!r}")
-    if setup.decode.tile is not None:
-        raise InvalidInputError("tile= cannot be combined with budget= (which sets the decode budget): pass one")
+    problems = (
+        (not all(isinstance(m, (str, os.PathLike)) for m in models), "pass dit, text_encoder and vae as paths"),
+        (setup.dev.type not in ("cuda", "cpu"), f"it plans cuda or cpu devices, not {setup.dev.type!r}"),
+        (setup.decode.tile is not None, "tile= cannot be combined with it (it sets the decode budget): pass one"),
+    )
+    for wrong, why in problems:
+        if wrong:
+            raise InvalidInputError(f"budget= plans the job from the model files: {why}")
 
     def name(value: Any) -> str | None:
         return None if value is None else value if isinstance(value, str) else dtype_name(value)
@@ -246,7 +248,7 @@ def _plan_job(setup: _Setup, budget: Any, models: tuple[Any, Any, Any], batch_cf
 def _apply_plan(setup: _Setup, plan: Any) -> _Setup:
     """``setup`` with the plan's choices: storage dtypes, load devices and streaming of the models loaded here,
     CFG batching and the decode's tiling. A plan changes no model; the phases apply what it says."""
-    from .memory.planner import Plan
+    from .memory.planning.planner import Plan
 
     if plan is None:
         return setup

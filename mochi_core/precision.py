@@ -110,7 +110,7 @@ def default_compute_dtype(device: torch.device | str, *, warn: bool = True) -> t
     if warn:
         logger.warning(
             "%s has no native bf16 support (pre-Ampere GPU); computing in fp32 instead (fp16 is unstable for "
-            "Mochi). This is slower and needs twice the activation memory; pass dtype='fp32' to silence this "
+            "Mochi). This is slower and needs twice the activation memory; pass compute_dtype='fp32' to silence this "
             "warning.",
             dev,
         )

@@ -1,7 +1,7 @@
 """Linear-quadratic sigma schedule, latent noise and the CFG Euler flow-matching sampler of Mochi 1.
 
 Semantics of genmoai/mochi ``src/genmo/mochi_preview/pipelines.py`` (``linear_quadratic_schedule``,
-``sample_model``); mochi-spec.md §3. Conventions:
+``sample_model``). Conventions:
 
 - noisy latent at level sigma: z = (1 - sigma) x0 + sigma eps (sigma = 1 is pure noise), DiT (normalized) space;
 - the DiT returns v = x0 - eps; CFG: v = v_uncond + cfg_i (v_cond - v_uncond) in float32;
@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .checks import check_callable, check_tensor
 from .errors import InvalidInputError, MochiInterrupted
 from .guidance import check_stg_blocks_for, stg_combine
 from .options import (
@@ -96,60 +97,46 @@ def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int, i
     return (LATENT_CHANNELS, (frames - 1) // 6 + 1, height // 8, width // 8)
 
 
+def _sigmas_problem(values: list[float], steps: int | None) -> str | None:
+    """What is wrong with a schedule (None: nothing), the first rule it breaks."""
+    if len(values) < 2:
+        return f"sigmas needs at least 2 entries (steps + 1), got {len(values)}"
+    if steps is not None and len(values) != steps + 1:
+        return f"sigmas has {len(values)} entries; with steps={steps} it must have steps + 1 = {steps + 1}"
+    if values[-1] != 0.0:
+        return f"sigmas must end at 0.0, got {values[-1]}"
+    if not (0.0 < values[0] <= 1.0):
+        return f"sigmas must start in (0, 1], got {values[0]}"
+    for i in range(len(values) - 1):
+        if not values[i] > values[i + 1]:
+            return (
+                f"sigmas must be strictly decreasing to 0; entry {i} ({values[i]}) <= entry {i + 1} ({values[i + 1]})"
+            )
+    return None
+
+
 def validate_sigmas(sigmas: Sequence[float], steps: int | None = None) -> list[float]:
     """A sigma list must hold steps + 1 finite values in (0, 1] ... 0, strictly decreasing, ending at 0."""
     try:
         values = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
+        problem = _sigmas_problem(values, steps)
     except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"sigmas must be a list of numbers ({exc})") from exc
-    if len(values) < 2:
-        raise InvalidInputError(f"sigmas needs at least 2 entries (steps + 1), got {len(values)}")
-    if steps is not None and len(values) != steps + 1:
-        raise InvalidInputError(
-            f"sigmas has {len(values)} entries; with steps={steps} it must have steps + 1 = {steps + 1}"
-        )
-    if values[-1] != 0.0:
-        raise InvalidInputError(f"sigmas must end at 0.0, got {values[-1]}")
-    if not (0.0 < values[0] <= 1.0):
-        raise InvalidInputError(f"sigmas must start in (0, 1], got {values[0]}")
-    for i in range(len(values) - 1):
-        if not values[i] > values[i + 1]:
-            raise InvalidInputError(
-                f"sigmas must be strictly decreasing to 0; entry {i} ({values[i]}) <= entry {i + 1} ({values[i + 1]})"
-            )
+        problem = f"sigmas must be a list of numbers ({exc})"
+    if problem is not None:
+        raise InvalidInputError(problem)
     return values
 
 
 def check_start_latent(start_latent: Any, shape: Sequence[int]) -> torch.Tensor:
     """A start latent must be a finite floating tensor (1 or B, 12, T, H, W) matching ``shape`` (B, 12, T, H, W),
     the shape of the noise it is mixed with (DiT space: ``normalize_latent(vae.encode(video))``)."""
-    want = tuple(int(s) for s in shape)
-    batches = "1" if want[0] == 1 else f"1 or {want[0]}"
-    need = f"({batches}, {', '.join(str(s) for s in want[1:])})"
-    if not isinstance(start_latent, torch.Tensor):
-        raise InvalidInputError(f"start_latent must be a torch.Tensor {need}; got {type(start_latent).__name__}")
-    got = tuple(start_latent.shape)
-    if start_latent.dim() != 5 or got[1:] != want[1:] or got[0] not in (1, want[0]):
-        raise InvalidInputError(
-            f"start_latent has shape {got}; it must be {need} (batch, 12 channels, latent frames, height/8, width/8) "
-            "to match the video size and noise"
-        )
-    if not start_latent.is_floating_point():
-        raise InvalidInputError(f"start_latent must be a floating tensor; got {start_latent.dtype}")
-    if not bool(torch.isfinite(start_latent).all()):
-        raise InvalidInputError("start_latent contains NaN or inf values")
-    return start_latent
+    b, *rest = (int(s) for s in shape)
+    sizes = (1 if b == 1 else (1, b), *rest)
+    return check_tensor("start_latent", start_latent, sizes, layout="(B, 12, T, H, W) matching the noise", finite=True)
 
 
 def _check_noise(noise: Any) -> torch.Tensor:
-    if not isinstance(noise, torch.Tensor):
-        raise InvalidInputError(
-            f"noise must be a torch.Tensor (B, 12, T, H, W) (see make_noise); got {type(noise).__name__}"
-        )
-    if noise.dim() != 5 or noise.shape[1] != LATENT_CHANNELS or 0 in noise.shape:
-        raise InvalidInputError(f"noise must be (B, 12, T, H, W) with every size >= 1, got {tuple(noise.shape)}")
-    if not noise.is_floating_point():
-        raise InvalidInputError(f"noise must be a floating tensor; got {noise.dtype}")
+    check_tensor("noise", noise, (None, LATENT_CHANNELS, None, None, None), layout="(B, 12, T, H, W) (see make_noise)")
     if noise.shape[-1] % 2 or noise.shape[-2] % 2:
         raise InvalidInputError(
             f"latent height and width must be even (pixel size a multiple of 16); got {tuple(noise.shape)}"
@@ -160,9 +147,8 @@ def _check_noise(noise: Any) -> torch.Tensor:
 def _check_callables(dit: Any, callback: Any, should_stop: Any) -> None:
     if not callable(dit):
         raise InvalidInputError(f"dit must be a callable model (load_dit); got {type(dit).__name__}")
-    for name, fn in (("callback", callback), ("should_stop", should_stop)):
-        if fn is not None and not callable(fn):
-            raise InvalidInputError(f"{name} must be callable or None; got {type(fn).__name__}")
+    check_callable(callback, name="callback")
+    check_callable(should_stop, name="should_stop")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,13 +162,7 @@ def _linear_steps(linear_steps: int | None, steps: int) -> int:
         return steps // 2
     top = max(1, steps - 1)
     message = f"linear_steps={linear_steps!r} is not allowed with steps={steps}: use 1..{top} or None (= steps // 2)"
-    try:
-        value = as_int("linear_steps", linear_steps)
-    except InvalidInputError:
-        raise InvalidInputError(message) from None
-    if not (1 <= value <= top):
-        raise InvalidInputError(message)
-    return value
+    return as_int("linear_steps", linear_steps, low=1, high=top, message=message)
 
 
 def _check_schedule(sigmas: list[float], tau: float, lin: int, steps: int) -> None:
@@ -204,7 +184,7 @@ def _check_schedule(sigmas: list[float], tau: float, lin: int, steps: int) -> No
 def linear_quadratic_schedule(
     steps: int, threshold_noise: float = 0.025, linear_steps: int | None = None
 ) -> list[float]:
-    """steps + 1 sigmas from 1.0 down to 0.0 (mochi-spec.md §3.2), as Python floats (float64).
+    """steps + 1 sigmas from 1.0 down to 0.0 (Genmo's linear-quadratic schedule), as Python floats (float64).
 
     With u = 1 - sigma: u_i = i * tau / L for i < L (L = ``linear_steps``, default steps // 2), then the quadratic
     a i^2 + b i + c through (L, tau) and (steps, 1). ``steps == 1`` gives [1.0, 0.0] (``linear_steps`` None or 1).
@@ -212,9 +192,9 @@ def linear_quadratic_schedule(
     is refused with the largest value that works.
     """
     steps = check_steps(steps)
-    tau = as_real("threshold_noise", threshold_noise, what="a number in (0, 1)")
-    if not (0.0 < tau < 1.0):
-        raise InvalidInputError(f"threshold_noise={threshold_noise!r} is not allowed: it must be in (0, 1)")
+    tau = as_real(
+        "threshold_noise", threshold_noise, low=0.0, high=1.0, low_open=True, high_open=True, what="a number in (0, 1)"
+    )
     lin = _linear_steps(linear_steps, steps)
     if steps == 1:
         return [1.0, 0.0]
@@ -242,9 +222,7 @@ def make_noise(
     gives the same noise on every device.
     """
     seed = check_seed(seed)
-    batch = as_int("batch", batch, what="an integer >= 1")
-    if batch < 1:
-        raise InvalidInputError(f"batch={batch!r} is not allowed: use an integer >= 1")
+    batch = as_int("batch", batch, low=1)
     shape = (batch, *latent_shape(frames, height, width))
     g = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
@@ -259,41 +237,28 @@ def _cond(c: Any, batch: int, name: str, device: torch.device) -> Conditioning:
     """Check a (feat (1 or B, L, D) float, mask (1 or B, L) bool/int) pair; returns it expanded to ``batch``."""
     if not isinstance(c, (tuple, list)) or len(c) != 2:
         raise InvalidInputError(f"{name} must be a (feat (B, L, D), mask (B, L)) pair; got {type(c).__name__}")
-    feat, mask = c
-    if not isinstance(feat, torch.Tensor) or not isinstance(mask, torch.Tensor):
-        raise InvalidInputError(
-            f"{name}: feat and mask must be tensors (TextEncoder.encode); got "
-            f"({type(feat).__name__}, {type(mask).__name__})"
-        )
-    if feat.dim() != 3 or mask.dim() != 2 or feat.shape[:2] != mask.shape or 0 in feat.shape:
-        raise InvalidInputError(
-            f"{name}: feat must be (B, L, D) and mask (B, L); got {tuple(feat.shape)}, {tuple(mask.shape)}"
-        )
-    if not feat.is_floating_point():
-        raise InvalidInputError(f"{name}: feat must be a floating tensor; got {feat.dtype}")
-    if mask.is_floating_point() or mask.is_complex():
-        raise InvalidInputError(f"{name}: mask must be a bool (or integer 0/1) tensor; got {mask.dtype}")
-    if feat.shape[0] not in (1, batch):
-        raise InvalidInputError(
-            f"{name}: batch {feat.shape[0]} does not match the noise batch {batch} (use 1 or {batch})"
-        )
+    batches = 1 if batch == 1 else (1, batch)
+    feat = check_tensor(f"{name} feat", c[0], (batches, None, None), layout="(B, L, D) (TextEncoder.encode)")
+    b, length, _ = feat.shape
+    mask = check_tensor(f"{name} mask", c[1], (b, length), layout="(B, L) matching the feat", kind="mask")
     feat = feat.to(device=device, dtype=torch.float32).expand(batch, -1, -1)
     mask = mask.to(device=device, dtype=torch.bool).expand(batch, -1)
     return feat, mask
 
 
 def _check_feature_width(dit: Any, pos: Conditioning, neg: Conditioning | None) -> None:
-    widths = {"positive": pos[0].shape[2]} | ({} if neg is None else {"negative": neg[0].shape[2]})
-    if neg is not None and widths["positive"] != widths["negative"]:
-        raise InvalidInputError(
-            f"positive and negative features have different widths ({widths['positive']} vs {widths['negative']})"
-        )
+    width = pos[0].shape[2]
     want = getattr(getattr(dit, "config", None), "t5_feat_dim", None)
-    if isinstance(want, int) and widths["positive"] != want:
-        raise InvalidInputError(
-            f"positive has {widths['positive']} features per token but this DiT expects {want} (its T5 width): "
-            "encode the prompts with the T5 that matches the DiT"
+    problem = None
+    if neg is not None and width != neg[0].shape[2]:
+        problem = f"positive and negative features have different widths ({width} vs {neg[0].shape[2]})"
+    elif isinstance(want, int) and width != want:
+        problem = (
+            f"positive has {width} features per token but this DiT expects {want} (its T5 width): encode the "
+            "prompts with the T5 that matches the DiT"
         )
+    if problem is not None:
+        raise InvalidInputError(problem)
 
 
 def _pad_to(c: Conditioning, length: int) -> Conditioning:

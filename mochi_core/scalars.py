@@ -26,34 +26,67 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def as_int(name: str, value: Any, *, what: str = "an integer") -> int:
-    """An integer (int, numpy integer, one-element integer tensor) as ``int``; floats and bools are refused."""
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool) or type(v).__name__ == "bool_"
+
+
+def _range_text(low: float | None, high: float | None, low_open: bool = False) -> str:
+    if low is not None and high is not None:
+        return f"in ({low:g}, {high:g}]" if low_open else f"from {low:g} to {high:g}"
+    if low is not None:
+        return f"> {low:g}" if low_open else f">= {low:g}"
+    return f"<= {high:g}" if high is not None else ""
+
+
+def as_int(
+    name: str,
+    value: Any,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    what: str | None = None,
+    message: str | None = None,
+) -> int:
+    """An integer (int, numpy integer, one-element integer tensor) in ``[low, high]`` as ``int``; floats and bools
+    are refused. ``what`` replaces "an integer from low to high" in the message, ``message`` the whole message."""
     v = _scalar(value)
-    if isinstance(v, bool) or type(v).__name__ == "bool_":
-        raise InvalidInputError(f"{name}={value!r} is not allowed: {name} must be {what}")
     try:
-        return operator.index(v)
+        n = None if _is_bool(v) else operator.index(v)
     except TypeError:
-        raise InvalidInputError(f"{name}={value!r} is not allowed: {name} must be {what}") from None
+        n = None
+    if n is None or (low is not None and n < low) or (high is not None and n > high):
+        what = what or f"an integer {_range_text(low, high)}".rstrip()
+        raise InvalidInputError(message or f"{name}={value!r} is not allowed: {name} must be {what}")
+    return n
 
 
-def as_int_in(name: str, value: Any, *, low: int, high: int | None = None) -> int:
-    """An integer (as :func:`as_int` takes it) in ``[low, high]`` (no upper bound when ``high`` is None)."""
-    where = f"from {low} to {high}" if high is not None else f">= {low}"
-    v = as_int(name, value, what=f"an integer {where}")
-    if v < low or (high is not None and v > high):
-        raise InvalidInputError(f"{name}={value!r} is not allowed: {name} must be an integer {where}")
-    return v
+def as_int_in(name: str, value: Any, *, low: int, high: int | None = None, what: str | None = None) -> int:
+    """:func:`as_int` with a lower bound (the name reads better where a range is the point)."""
+    return as_int(name, value, low=low, high=high, what=what)
 
 
-def as_real(name: str, value: Any, *, what: str = "a finite number") -> float:
-    """A finite real number (int, float, numpy scalar, one-element tensor) as ``float``; bools are refused."""
+def as_real(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    what: str | None = None,
+) -> float:
+    """A finite real number (int, float, numpy scalar, one-element tensor) as ``float``, within ``low`` (excluded
+    when ``low_open``) and ``high``; bools, NaN and infinities are refused. ``what`` replaces "a finite number
+    >= low" in the message."""
     v = _scalar(value)
-    if isinstance(v, bool) or type(v).__name__ == "bool_" or not isinstance(v, numbers.Real):
-        raise InvalidInputError(f"{name}={value!r} is not a number; {name} must be {what}")
-    f = float(v)
-    if not math.isfinite(f):
-        raise InvalidInputError(f"{name}={value!r} is not allowed: {name} must be {what}")
+    real = not _is_bool(v) and isinstance(v, numbers.Real)
+    f = float(v) if real else math.nan
+    below = low is not None and (f <= low if low_open else f < low)
+    above = high is not None and (f >= high if high_open else f > high)
+    if not math.isfinite(f) or below or above:
+        what = what or f"a finite number {_range_text(low, high, low_open)}".rstrip()
+        verdict = "is not allowed:" if real else "is not a number;"
+        raise InvalidInputError(f"{name}={value!r} {verdict} {name} must be {what}")
     return f
 
 

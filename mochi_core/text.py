@@ -1,7 +1,7 @@
 """T5 v1.1 text encoding for Mochi: tokenizer, encoder loading in every published layout, the official prompt rules.
 
 Semantics of genmoai/mochi ``src/genmo/mochi_preview/pipelines.py`` (``T5ModelFactory``,
-``get_conditioning_for_prompts``); mochi-spec.md §1 step 1, §3.3 and §6:
+``get_conditioning_for_prompts``):
 
 - tokenizer of ``google/t5-v1_1-xxl``: right padding to 256 tokens, EOS (id 1) appended, longer prompts truncated
   (the last kept token is the EOS), attention mask returned;
@@ -80,25 +80,21 @@ def _tokenizer_file(path: Path) -> Path | None:
 def find_tokenizer(tokenizer: str | os.PathLike[str] | None = None) -> Path:
     """The tokenizer file to use: ``tokenizer`` (file or folder), else ``$MOCHI_T5_TOKENIZER``, else the one
     bundled with the running ComfyUI. Raises :class:`InvalidInputError` saying where to put it."""
+    env = os.environ.get(TOKENIZER_ENV)
     if tokenizer is not None:
         p = Path(tokenizer).expanduser()
         found = _tokenizer_file(p) if p.exists() else None
-        if found is None:
-            raise InvalidInputError(
-                f"tokenizer={str(tokenizer)!r}: no tokenizer.json or spiece.model there; {_WHERE_TO_PUT_IT}"
-            )
-        return found
-    env = os.environ.get(TOKENIZER_ENV)
-    if env:
+        problem = f"tokenizer={str(tokenizer)!r}: no tokenizer.json or spiece.model there; {_WHERE_TO_PUT_IT}"
+    elif env:
         found = _tokenizer_file(Path(env).expanduser())
-        if found is None:
-            raise InvalidInputError(f"${TOKENIZER_ENV}={env!r} holds no tokenizer.json or spiece.model")
-        return found
-    for d in _comfy_tokenizer_dirs():
-        found = _tokenizer_file(d) if d.is_dir() else None
-        if found is not None:
-            return found
-    raise InvalidInputError(f"no T5 tokenizer found: {_WHERE_TO_PUT_IT}")
+        problem = f"${TOKENIZER_ENV}={env!r} holds no tokenizer.json or spiece.model"
+    else:
+        dirs = (d for d in _comfy_tokenizer_dirs() if d.is_dir())
+        found = next((f for f in map(_tokenizer_file, dirs) if f is not None), None)
+        problem = f"no T5 tokenizer found: {_WHERE_TO_PUT_IT}"
+    if found is None:
+        raise InvalidInputError(problem)
+    return found
 
 
 class T5Tokenizer:

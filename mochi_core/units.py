@@ -48,31 +48,30 @@ def parse_bytes(value: str | int | float, *, what: str = "budget", allow_zero: b
     Raises :class:`~mochi_core.errors.InvalidInputError` for anything else (negative, NaN, bool, unknown unit).
     """
     least = "0 or more" if allow_zero else "positive"
+    number, problem = _size(value)
+    if problem is None and not (number > 0 or (number == 0 and allow_zero)):  # NaN fails both
+        problem = f"must be a {least} number of bytes"
+    if problem is not None:
+        raise InvalidInputError(f"{what}={value!r} {problem}")
+    return int(number)
+
+
+def _size(value: object) -> tuple[float, str | None]:
+    """(bytes, None), or (nan, what is wrong with ``value`` as a size)."""
     if not isinstance(value, str):
         try:  # numbers of any kind: int, float, numpy scalars, one-element tensors
-            number = as_real(what, value, what="a finite number")
+            return as_real("size", value), None
         except InvalidInputError:
-            if isinstance(value, float) and math.isnan(value):
-                raise InvalidInputError(f"{what}={value!r} must be a {least} number of bytes") from None
-            raise InvalidInputError(
-                f"{what}={value!r} is not a size; {_HINT}, e.g. 20GB, 12GiB or a byte count"
-            ) from None
-        if number < 0 or (number == 0 and not allow_zero):
-            raise InvalidInputError(f"{what}={value!r} must be a {least} number of bytes")
-        return int(number)
+            nan = isinstance(value, float) and math.isnan(value)  # refused by the caller's range rule
+            return math.nan, None if nan else f"is not a size; {_HINT}, e.g. 20GB or 12GiB"
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _UNITS:
-        raise InvalidInputError(f"{what}={value!r} is not a size; {_HINT}, e.g. 20GB or 12GiB")
-    if unit == "" and float(m.group(1)) != 0:  # "12" meant as GB would silently become 12 bytes
-        n = m.group(1)
-        raise InvalidInputError(
-            f"{what}={value!r} has no unit: write {n}GB ({n}·10^9 bytes), {n}GiB ({n}·2^30 bytes) or {n}B (bytes)"
-        )
-    out = int(float(m.group(1)) * _UNITS[unit])
-    if out < 0 or (out == 0 and not allow_zero):
-        raise InvalidInputError(f"{what}={value!r} must be {least} bytes")
-    return out
+        return math.nan, f"is not a size; {_HINT}, e.g. 20GB or 12GiB"
+    n = m.group(1)
+    if unit == "" and float(n) != 0:  # "12" meant as GB would silently become 12 bytes
+        return math.nan, f"has no unit: write {n}GB ({n}·10^9 bytes), {n}GiB ({n}·2^30 bytes) or {n}B (bytes)"
+    return float(n) * _UNITS[unit], None
 
 
 def format_bytes(n: int | float) -> str:

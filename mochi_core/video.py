@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .errors import InvalidInputError, MissingBackendError
+from .scalars import as_int
 
 __all__ = [
     "CRF_RANGE",
@@ -46,13 +47,20 @@ def check_mp4_options(fps: int, crf: int, *, names: tuple[str, str] = ("fps", "c
     """``fps`` an integer >= 1 and ``crf`` an integer in :data:`CRF_RANGE`; errors name ``names`` (e.g. the CLI's
     ``--fps`` / ``--crf``)."""
     label = [_arg(n, v) for n, v in zip(names, (fps, crf))]
-    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
-        raise InvalidInputError(f"{label[0]} is not allowed: the frame rate must be an integer >= 1 (Mochi: {FPS})")
     lo, hi = CRF_RANGE
-    if isinstance(crf, bool) or not isinstance(crf, int) or not (lo <= crf <= hi):
-        raise InvalidInputError(
-            f"{label[1]} is not allowed: H.264 CRF must be an integer in {lo}..{hi} (lower is better)"
-        )
+    as_int(
+        names[0],
+        fps,
+        low=1,
+        message=f"{label[0]} is not allowed: the frame rate must be an integer >= 1 (Mochi: {FPS})",
+    )
+    as_int(
+        names[1],
+        crf,
+        low=lo,
+        high=hi,
+        message=f"{label[1]} is not allowed: H.264 CRF must be an integer in {lo}..{hi} (lower is better)",
+    )
 
 
 def decoded_to_frames(decoded: torch.Tensor) -> torch.Tensor:

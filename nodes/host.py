@@ -215,7 +215,7 @@ def pin_policy() -> Any:
     ``--disable-pinned-memory`` (or where ComfyUI pins nothing, e.g. on the CPU), else capped at what ComfyUI's
     pinned-memory limit leaves (``MAX_PINNED_MEMORY`` minus ``TOTAL_PINNED_MEMORY``). Outside ComfyUI (or with a
     ComfyUI that has no such settings): the core's default (pin when streaming to CUDA, no cap)."""
-    from mochi_core.memory.pinning import PinPolicy
+    from mochi_core.memory.streaming.pinning import PinPolicy
 
     try:
         import comfy.model_management as mm

@@ -30,11 +30,12 @@ BACKENDS: dict[str, tuple[str | None, str | None]] = {
 }
 
 
-def check_backend(name: str) -> str:
-    """Validate a backend name and that its package is importable; returns the normalized name."""
+def check_backend(name: str, *, what: str = "attention") -> str:
+    """Validate a backend name and that its package is importable; returns the normalized name. ``what`` names
+    the input in the message."""
     key = str(name).strip().lower()
     if key not in BACKENDS:
-        raise InvalidInputError(f"attention={name!r} is not a known backend; allowed: {', '.join(BACKENDS)}")
+        raise InvalidInputError(f"{what}={name!r} is not a known backend; allowed: {', '.join(BACKENDS)}")
     module, package = BACKENDS[key]
     if module is not None and importlib.util.find_spec(module) is None:
         raise MissingBackendError(

@@ -2,7 +2,7 @@
 
 The model is built on the ``meta`` device; each tensor is read from the memory-mapped file, converted to its
 storage dtype (``mochi_core.precision.storage_dtype_for``) or kept quantized, moved to ``device`` and installed,
-so two full copies of the weights never exist. Layouts: see :mod:`mochi_core.formats.dit` (mochi-spec.md §7).
+so two full copies of the weights never exist. Layouts: see :mod:`mochi_core.formats.dit`.
 """
 
 from __future__ import annotations

@@ -100,13 +100,9 @@ class T5Layout:
         if self.quant:
             return "gguf_" + self.quant.get(q, next(iter(self.quant.values())))
         w = self.stored_dtypes.get(q, torch.float32)
-        name = {
-            torch.float32: "fp32",
-            torch.float16: "fp16",
-            torch.bfloat16: "bf16",
-            torch.float8_e4m3fn: "fp8_e4m3fn",
-            torch.float8_e5m2: "fp8_e5m2",
-        }.get(w, str(w))
+        from ..dtypes import dtype_name
+
+        name = dtype_name(w)
         return name + ("_scaled" if self.scales else "")
 
 

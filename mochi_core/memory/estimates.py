@@ -1,9 +1,9 @@
 """Memory estimates the planner adds up: weight bytes per storage format, activation peaks per phase.
 
 The model of memory is derived from *our* code, tensor by tensor, and checked against measured allocation peaks
-on CPU (``tests/unit/test_planner_validation.py``); see :mod:`mochi_core.memory.planner` for how the phases use it.
-Shapes: DiT from :meth:`DiTConfig.expected_shapes` (mochi-spec.md §2.2), T5-XXL from mochi-spec.md §6, the VAE
-decoder built on the ``meta`` device (§4.3); activation stages from ``mochi_core/dit/block.py`` /
+on CPU (``tests/unit/test_planner_validation.py``); see :mod:`mochi_core.memory.planning.planner` for how the phases use it.
+Shapes: DiT from :meth:`DiTConfig.expected_shapes`, T5-XXL from :class:`T5Sizes`, the VAE decoder built on the
+``meta`` device; activation stages from ``mochi_core/dit/block.py`` /
 ``dit/attention.py`` and the VAE's own working-set formula (``mochi_core/vae/tiling.py``).
 """
 
@@ -84,7 +84,7 @@ def dit_weight_bytes(config: Any = None, storage: str = "fp8_e4m3fn") -> tuple[i
 
 @dataclass(frozen=True)
 class T5Sizes:
-    """T5 v1.1 encoder sizes; defaults are T5-XXL (mochi-spec.md §6: 4,762,310,656 parameters)."""
+    """T5 v1.1 encoder sizes; defaults are T5-XXL (4,762,310,656 parameters)."""
 
     vocab_size: int = 32128
     d_model: int = 4096
@@ -381,5 +381,5 @@ def decode_working_set_bytes(
 
     big = 1 << 30
     tp = tile if tile is not None else TilePlan(big, big, big, 0)
-    tdt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    tdt = dtypes.TORCH_DTYPES[dtype]
     return int(vae_working_set(tuple(latent_shape), tp, config or DecoderConfig(), tdt))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InvalidInputError
+from ..checks import check_tensor
 
 __all__ = [
     "LATENT_CHANNELS",
@@ -72,11 +72,7 @@ LATENT_RGB_BIAS: tuple[float, float, float] = (-0.0940, -0.1418, -0.1453)
 
 
 def _stats(z: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(z, torch.Tensor) or z.ndim != 5 or z.shape[1] != LATENT_CHANNELS:
-        shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-        raise InvalidInputError(f"{what}: latent must be a (B, 12, T, H, W) tensor; got {shape}")
-    if not z.is_floating_point():
-        raise InvalidInputError(f"{what}: latent must be a floating tensor; got {z.dtype}")
+    check_tensor(f"{what}: latent", z, (None, LATENT_CHANNELS, None, None, None), layout="(B, 12, T, H, W)")
     mean = torch.tensor(LATENTS_MEAN, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
     std = torch.tensor(LATENTS_STD, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
     return mean.to(z.dtype), std.to(z.dtype)

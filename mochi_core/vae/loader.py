@@ -3,7 +3,7 @@ tiled, memory-budgeted) and encode.
 
 Semantics of genmoai/mochi ``pipelines.py`` (decode_latents / decode_latents_tiled_spatial: VAE-space latent in,
 video in [-1, 1] out) and ``demos/test_encoder_decoder.py`` (Fourier features, then the encoder; posterior mean);
-mochi-spec.md §4, §5, §7. Weights are loaded tensor by tensor from a memory-mapped file into a model built on the
+Weights are loaded tensor by tensor from a memory-mapped file into a model built on the
 ``meta`` device, so no two full copies exist; they keep their stored dtype (or ``dtype``) and are cast on use.
 """
 
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..checks import check_tensor
 from ..devices import check_device
 from ..errors import InvalidInputError, UnsupportedCheckpointError
 from ..finite import check_finite, weight_origin
@@ -24,6 +25,7 @@ from ..formats.io import Checkpoint, open_checkpoint
 from ..formats.vae import mapped_shapes, vae_key_map
 from ..options import VAE_COMPUTE, VAE_STORAGE, DecodeOptions, VAEOptions, renamed, resolve_dtype
 from ..precision import FLOAT8_DTYPES, default_compute_dtype
+from ..scalars import as_real
 from .config import DecoderConfig, EncoderConfig
 from .decoder import Decoder
 from .encoder import Encoder
@@ -169,21 +171,8 @@ class VAE:
     def _check_latent(self, latent: torch.Tensor) -> None:
         if self.decoder is None:
             raise InvalidInputError(f"{self.path}: this VAE file has no decoder")
-        cfg = self.decoder.config
-        if not isinstance(latent, torch.Tensor):
-            raise InvalidInputError(
-                f"latent must be a torch.Tensor (B, {cfg.latent_dim}, T, H, W); got {type(latent).__name__}"
-            )
-        if latent.ndim != 5 or latent.shape[1] != cfg.latent_dim:
-            raise InvalidInputError(
-                f"latent must have shape (B, {cfg.latent_dim}, T, H, W) with T, H, W >= 1; got {tuple(latent.shape)}"
-            )
-        if min(latent.shape) < 1:
-            raise InvalidInputError(f"latent has an empty dimension: {tuple(latent.shape)}; need B, T, H, W >= 1")
-        if not latent.is_floating_point():
-            raise InvalidInputError(f"latent must be a floating tensor; got {latent.dtype}")
-        if not bool(torch.isfinite(latent).all()):
-            raise InvalidInputError("latent contains NaN or inf values; the sampler output is broken")
+        sizes = (None, self.decoder.config.latent_dim, None, None, None)  # None: any non-empty size
+        check_tensor("latent", latent, sizes, layout="(B, 12, T, H, W) in VAE space", finite=True)
 
     def _decode_config(self, latent_shape: tuple[int, ...]) -> DecoderConfig:
         if self.decoder is None:
@@ -204,10 +193,8 @@ class VAE:
     def plan_decode(self, latent_shape: tuple[int, ...], memory_budget: int) -> TilePlan:
         """The tile plan :meth:`decode` would use for ``memory_budget`` bytes (raises DoesNotFitError)."""
         cfg = self._decode_config(latent_shape)
-        budget = DecodeOptions.resolve(memory_budget=memory_budget).memory_budget
-        if budget is None:
-            raise InvalidInputError("memory_budget is required to plan the decode tiles")
-        return choose_tiles(tuple(latent_shape), budget, cfg, self.dtype)
+        budget = as_real("memory_budget", memory_budget, low=1, what="a positive number of bytes")
+        return choose_tiles(tuple(latent_shape), int(budget), cfg, self.dtype)
 
     def working_set_bytes(self, latent_shape: tuple[int, ...], tile: TilePlan | int | tuple[int, ...]) -> int:
         """Estimated peak bytes of :meth:`decode` with ``tile`` (output accumulator included)."""
@@ -258,17 +245,13 @@ class VAE:
                 f"{self.path or 'this VAE'}: the file has no encoder; load an encoder file to encode"
             )
         cfg = self.encoder.config
-        if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
-            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
-            raise InvalidInputError(f"video must be a (B, 3, F, H, W) tensor in [-1, 1]; got {shape}")
+        check_tensor("video", video, (None, 3, None, None, None), layout="(B, 3, F, H, W) in [-1, 1]", finite=True)
         _, _, f, h, w = video.shape
         tf, sf = cfg.temporal_factor, cfg.spatial_factor
-        if f < 1 or (f - 1) % tf or h % sf or w % sf or h < sf or w < sf:
+        if (f - 1) % tf or h % sf or w % sf:
             raise InvalidInputError(
                 f"video frames must be {tf}k+1 and height/width multiples of {sf}; got F={f}, H={h}, W={w}"
             )
-        if not video.is_floating_point() or not bool(torch.isfinite(video).all()):
-            raise InvalidInputError("video must be a finite floating tensor in [-1, 1]")
         x = add_fourier_features(video.to(self.device)).to(self.dtype)
         mean, logvar = self.encoder(x)
         return mean.float(), logvar.float()

@@ -109,7 +109,7 @@ def test_parse_bytes() -> None:
 
 
 def test_plan_subcommand_hook(monkeypatch) -> None:
-    """cli.py adds the memory package's `plan` subcommand through mochi_core.memory.cli.add_plan_parser."""
+    """cli.py adds the memory package's `plan` subcommand through mochi_core.memory.planning.cli.add_plan_parser."""
     import importlib.machinery
 
     import mochi_core.memory  # noqa: F401
@@ -119,11 +119,13 @@ def test_plan_subcommand_hook(monkeypatch) -> None:
         p.add_argument("--budget")
         p.set_defaults(func=lambda args: 7)
 
-    fake = types.ModuleType("mochi_core.memory.cli")
-    fake.__spec__ = importlib.machinery.ModuleSpec("mochi_core.memory.cli", None)
+    fake = types.ModuleType("mochi_core.memory.planning.cli")
+    fake.__spec__ = importlib.machinery.ModuleSpec("mochi_core.memory.planning.cli", None)
     fake.add_plan_parser = add_plan_parser  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mochi_core.memory.cli", fake)
-    monkeypatch.setattr(sys.modules["mochi_core.memory"], "cli", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "mochi_core.memory.planning.cli", fake)
+    import mochi_core.memory.planning
+
+    monkeypatch.setattr(mochi_core.memory.planning, "cli", fake, raising=False)
     assert main(["plan", "--budget", "20GB"]) == 7
     assert "generate" in build_parser().format_help()
 

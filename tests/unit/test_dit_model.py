@@ -14,7 +14,6 @@ from mochi_core.dit.config import swiglu_hidden
 from mochi_core.dit.embeddings import AttentionPool, masked_mean
 from mochi_core.dit.model import AsymmDiT
 from mochi_core.dit.rope import apply_rope, rope_frequencies, rope_positions
-from mochi_core.errors import InvalidInputError
 from mochi_core.testing.dit import random_dit_state_dict, write_dit
 from tests.numerics import TINY_DIT_TOL
 
@@ -96,32 +95,28 @@ def _inputs(b: int = 1, t: int = 1, h: int = 4, w: int = 6, length: int = 16) ->
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        (lambda a: (a[0][0], *a[1:]), r"x must be a \(B, 12, T, H, W\)"),
-        (lambda a: (a[0][:, :8], *a[1:]), "x has 8 channels; the DiT expects 12"),
-        (lambda a: (torch.randn(1, 12, 1, 5, 6), *a[1:]), "multiples of 2.*H=5, W=6"),
-        (lambda a: (torch.randn(1, 12, 1, 4, 7), *a[1:]), "multiples of 2.*W=7"),
-        (lambda a: (a[0], torch.tensor([1.5]), *a[2:]), r"sigma must lie in \[0, 1\]"),
-        (lambda a: (a[0], torch.tensor([-0.1]), *a[2:]), r"sigma must lie in \[0, 1\]"),
-        (lambda a: (a[0], torch.tensor([float("nan")]), *a[2:]), r"sigma must lie in \[0, 1\]"),
-        (lambda a: (a[0], torch.tensor([0.1, 0.2, 0.3]), *a[2:]), r"sigma must have shape \(B,\)"),
-        (lambda a: (*a[:2], a[2][..., :16], a[3]), r"t5_feat must have shape \(B, L, 32\)"),
-        (lambda a: (*a[:3], a[3][:, :10]), "t5_mask length 10 does not match t5_feat length 16"),
-        (lambda a: (*a[:3], a[3][0]), r"t5_mask must have shape \(B, L\)"),
-        (lambda a: (*a[:2], a[2].repeat(2, 1, 1), a[3].repeat(2, 1)), "batch sizes differ: x has B=1, t5_feat 2"),
+        (lambda a: (a[0][0], *a[1:]), r"x must be a floating \(B, 12, T, H, W\) latent"),
+        (lambda a: (a[0][:, :8], *a[1:]), r"x must be a floating \(B, 12, T, H, W\) latent; got \(1, 8,"),
+        (lambda a: (torch.randn(1, 12, 1, 5, 6), *a[1:]), r"multiples of 2.*\(1, 12, 1, 5, 6\)"),
+        (lambda a: (torch.randn(1, 12, 1, 4, 7), *a[1:]), r"multiples of 2.*\(1, 12, 1, 4, 7\)"),
+        (lambda a: (a[0], torch.tensor([0.1, 0.2, 0.3]), *a[2:]), r"sigma must be a number or a \(B,\) = \(1,\)"),
+        (lambda a: (*a[:2], a[2][..., :16], a[3]), r"t5_feat must be floating \(1, L, 32\)"),
+        (lambda a: (*a[:3], a[3][:, :10]), r"t5_mask must be bool \(1, 16\) like t5_feat; got \(1, 10\)"),
+        (lambda a: (*a[:3], a[3][0]), r"t5_mask must be bool"),
+        (lambda a: (*a[:2], a[2].repeat(2, 1, 1), a[3].repeat(2, 1)), r"t5_feat must be floating \(1, L, 32\)"),
         (lambda a: (*a[:3], a[3].float() * 0.5), "t5_mask must be bool"),
-        (lambda a: (a[0][:0], a[1][:0], a[2][:0], a[3][:0]), r"at least one sample.*B=0"),
-        (lambda a: (a[0][:, :, :0], *a[1:]), r"at least one sample and one latent frame.*T=0"),
-        (lambda a: (a[0].to(torch.int64), *a[1:]), "x must be a floating-point latent"),
-        (lambda a: (a[0], "0.5", *a[2:]), "sigma must be a number or a \\(B,\\) tensor.*got str"),
-        (lambda a: (a[0], None, *a[2:]), "sigma must be a number.*got NoneType"),
-        (lambda a: (a[0], [0.5, "x"], *a[2:]), "sigma must be a number.*got list"),
-        (lambda a: (a[0], torch.tensor([True]), *a[2:]), "sigma must be a real.*torch.bool"),
-        (lambda a: (*a[:2], a[2].to(torch.int64), a[3]), "t5_feat must be floating-point"),
+        (lambda a: (a[0][:0], a[1][:0], a[2][:0], a[3][:0]), r"B, T >= 1"),
+        (lambda a: (a[0][:, :, :0], *a[1:]), r"B, T >= 1.*\(1, 12, 0, 4, 6\)"),
+        (lambda a: (a[0].to(torch.int64), *a[1:]), "x must be a floating"),
+        (lambda a: (*a[:2], a[2].to(torch.int64), a[3]), "t5_feat must be floating"),
     ],
 )
-def test_bad_inputs_are_refused(tiny, change, match: str) -> None:
+def test_broken_invariants_are_asserted(tiny, change, match: str) -> None:
+    """The forward pass asserts its invariants cheaply (shapes and dtypes, no host sync) with a message that says
+    what is wrong; values (sigma range, NaN) are the entry points' business: ``sample`` checks its schedule and
+    conditioning, so the DiT never sees them broken."""
     args = change(_inputs())
-    with pytest.raises(InvalidInputError, match=match):
+    with pytest.raises(AssertionError, match=match):
         tiny(*args)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mochi_core.memory.pinning import PinPolicy
+from mochi_core.memory.streaming.pinning import PinPolicy
 from nodes import host
 
 

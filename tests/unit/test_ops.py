@@ -89,7 +89,7 @@ def _stored_linear(fmt: str, dense: torch.nn.Linear) -> ops.Linear:
 @pytest.mark.parametrize("fmt", ["plain", "scaled_fp8", "q8_0", "q4_0"])
 def test_cpu_linear_casts_large_weights_in_row_slices(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A weight whose cast exceeds CPU_CAST_CHUNK_BYTES is cast slice by slice: same output, small cast buffer."""
-    from mochi_core.memory.tracking import PeakMemoryTracker
+    from mochi_core.testing.memory import PeakMemoryTracker
 
     torch.manual_seed(0)
     dense = torch.nn.Linear(256, 200)

@@ -91,7 +91,7 @@ def test_layout_checks() -> None:
 
 
 def test_planner_plans_one_rank_and_says_so() -> None:
-    from mochi_core.memory.planner import plan
+    from mochi_core.memory.planning.planner import plan
 
     one = plan(848, 480, 163, budget_bytes="40GB")
     sp4 = plan(848, 480, 163, budget_bytes="40GB", sp=4)

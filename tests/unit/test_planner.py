@@ -1,4 +1,4 @@
-"""The memory planner (mochi_core.memory.planner): exact weight counts, the issue-7 targets, refusal, CLI."""
+"""The memory planner (mochi_core.memory.planning.planner): exact weight counts, the issue-7 targets, refusal, CLI."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import mochi_core
 from mochi_core.dit.config import DiTConfig
 from mochi_core.errors import DoesNotFitError, InvalidInputError
 from mochi_core.memory import T5Sizes, dit_weight_bytes, parse_bytes, plan, require_fit, t5_weight_bytes
-from mochi_core.memory.cli import main as plan_main
-from mochi_core.memory.planner import decoder_weight_bytes, dit_activation_bytes
+from mochi_core.memory.planning.cli import main as plan_main
+from mochi_core.memory.planning.planner import decoder_weight_bytes, dit_activation_bytes
 
 GB = 10**9
 

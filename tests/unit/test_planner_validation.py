@@ -2,7 +2,7 @@
 
 For scaled DiT configurations (depths, widths, frame counts, storage dtypes, CFG batching, budgets that force
 block streaming) one real sampling step (``mochi_core.sampling.sample``, steps=1, CFG 4.5) is measured with
-:func:`mochi_core.memory.track_memory` (every CPU allocator event) and compared with
+:func:`mochi_core.testing.memory.track_memory` (every CPU allocator event) and compared with
 ``plan(..., device="cpu").phase("sampling")``; for the VAE, a real tiled decode against
 ``phase("decoding")``. Device bytes = tensors alive before the call (weights on the "device", inputs) + the
 tracked peak; streamed blocks use ``copy_on_load`` so their device copies are real allocations.
@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from mochi_core.dit.config import DiTConfig
-from mochi_core.memory import enable_block_streaming, plan, track_memory
-from mochi_core.memory.planner import T5Sizes
+from mochi_core.memory import enable_block_streaming, plan
+from mochi_core.memory.planning.planner import T5Sizes
 from mochi_core.memory.streaming import block_nbytes
+from mochi_core.testing.memory import track_memory
 
 logger = logging.getLogger(__name__)
 TOL = 0.15

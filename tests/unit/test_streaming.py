@@ -15,8 +15,9 @@ from torch import nn
 
 from mochi_core import ops
 from mochi_core.errors import InvalidInputError
-from mochi_core.memory import enable_block_streaming, track_memory
+from mochi_core.memory import enable_block_streaming
 from mochi_core.memory.streaming import block_nbytes, move_module
+from mochi_core.testing.memory import track_memory
 
 
 class ToyBlock(nn.Module):

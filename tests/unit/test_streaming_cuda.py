@@ -18,8 +18,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mochi_core.dit.block import AsymmetricJointBlock
 from mochi_core.dit.config import DiTConfig
 from mochi_core.memory import enable_block_streaming
-from mochi_core.memory.pinning import ALIGN, PinPolicy, packed_layout
 from mochi_core.memory.streaming import CudaPrefetcher, block_nbytes
+from mochi_core.memory.streaming.pinning import ALIGN, PinPolicy, packed_layout
 from tests.unit.test_streaming import _model
 
 # ------------------------------------------------------------------------------------------------ stand-ins

@@ -2,7 +2,7 @@
 
 :class:`PhaseModel` holds one job (sizes, configurations, storage and compute dtypes, reserve) and prices a phase
 for a given choice: T5 layers resident, DiT blocks resident and CFG batching, a decode tile. The planner
-(:mod:`mochi_core.memory.planner`) searches over these choices; the estimates come from
+(:mod:`mochi_core.memory.planning.planner`) searches over these choices; the estimates come from
 :mod:`mochi_core.memory.estimates` and, for the decode, from the decoder's own formula
 (:func:`mochi_core.vae.tiling.decode_working_set_bytes`).
 """
@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from ..errors import DoesNotFitError
-from .estimates import _DTYPE_BYTES as _DTYPE_BYTES_
-from .estimates import (
+from ... import dtypes
+from ...errors import DoesNotFitError
+from ..estimates import _DTYPE_BYTES as _DTYPE_BYTES_
+from ..estimates import (
     T5Sizes,
     decode_working_set_bytes,
     decoder_weight_bytes,
@@ -27,8 +26,6 @@ from .estimates import (
 )
 
 __all__ = ["PhasePeak", "PhaseModel", "streamed_weights"]
-
-_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -184,7 +181,7 @@ class PhaseModel:
     def decoding(self, tile: Any) -> PhasePeak:
         """Decoding with ``tile`` (a :class:`~mochi_core.vae.tiling.TilePlan`): decoder weights, the latent and
         the working set of that tile (output accumulator included)."""
-        from ..vae.tiling import count_tiles
+        from ...vae.tiling import count_tiles
 
         ws = decode_working_set_bytes(self.latent_shape, tile, config=self.dcfg, dtype=self.vae_dtype)
         tp = tile.clamp(self.lt, self.lh, self.lw)
@@ -203,9 +200,9 @@ class PhaseModel:
 
     def decoding_for_budget(self, budget: int) -> PhasePeak:
         """Decoding with the largest tile that fits ``budget`` (the smallest tile when none does)."""
-        from ..vae.tiling import choose_tiles, smallest_tile
+        from ...vae.tiling import choose_tiles, smallest_tile
 
-        vdt = _TORCH_DTYPES[self.vae_dtype]
+        vdt = dtypes.TORCH_DTYPES[self.vae_dtype]
         try:
             tile = choose_tiles(self.latent_shape, max(self.decode_room(budget), 1), self.dcfg, vdt)
         except DoesNotFitError:
@@ -214,6 +211,6 @@ class PhaseModel:
 
     def smallest_decoding(self) -> PhasePeak:
         """Decoding with the smallest tile the planner would choose."""
-        from ..vae.tiling import smallest_tile
+        from ...vae.tiling import smallest_tile
 
         return self.decoding(smallest_tile(self.latent_shape))

@@ -1,10 +1,10 @@
 """The memory planner: predict the peak of every phase of one generation before any work starts.
 
-No peer has one (peers.md §6.5, issue 7). The model of memory below is derived from *our* code, tensor by tensor,
+The model of memory below is derived from *our* code, tensor by tensor,
 and checked against measured allocation peaks on CPU (``tests/unit/test_planner_validation.py``):
 
 - **weights** are counted exactly from the official key shapes (:meth:`DiTConfig.expected_shapes`, the T5-XXL
-  layout of mochi-spec.md §6, the decoder built on the ``meta`` device) and the storage rule of
+  T5-XXL layout, the decoder built on the ``meta`` device) and the storage rule of
   :mod:`mochi_core.precision`: tensors on the high-precision skip list keep the official file's fp32 (a Comfy
   bf16 file keeps them in bf16: 0.2 GB less than planned), everything else takes the requested storage (fp8: 1 byte
   plus a per-tensor scale, Q8_0: 34/32, Q4_0: 18/32).
@@ -14,7 +14,7 @@ and checked against measured allocation peaks on CPU (``tests/unit/test_planner_
   of the compute dtype — plus the RoPE rotations shared by all blocks (N·D_x/2 complex64) and ``w2``'s weight
   cast to the compute dtype. The attention stage peaks lower (12·B·N·D_x) as long as the attention kernel
   needs O(N) workspace: SDPA's flash / memory-efficient kernels on CUDA in bf16 and the CPU flash kernel do;
-  PyTorch's MATH fallback materializes B·H·S² scores (mochi-spec.md §6.5: ~96 GB at 163 frames), and the planner
+  PyTorch's MATH fallback materializes B·H·S² scores (~96 GB at 163 frames), and the planner
   models it when that is what torch would pick (fp32 on CUDA: memory-efficient kernel, still O(N)).
 - **phases** run one after another on the compute device; each brings in its own weights and releases the
   previous ones: text encoding (T5), sampling (DiT: all blocks resident, or N resident and the others streamed
@@ -38,12 +38,12 @@ from typing import Any
 
 import torch
 
-from ..errors import DoesNotFitError
-from ..options import DecodeOptions, StreamingSpec
-from ..precision import default_compute_dtype, dtype_name
-from ..scalars import as_bool, as_int_in
-from ..units import GB, format_bytes, parse_bytes
-from .estimates import (
+from ...errors import DoesNotFitError
+from ...options import DecodeOptions, StreamingSpec
+from ...precision import default_compute_dtype, dtype_name
+from ...scalars import as_bool, as_int_in
+from ...units import GB, format_bytes, parse_bytes
+from ..estimates import (
     _DTYPE_BYTES,
     ATTENTIONS,
     DIT_STORAGES,
@@ -58,8 +58,8 @@ from .estimates import (
     t5_activation_bytes,
     t5_weight_bytes,
 )
+from .args import check_decode_tile, check_frame_size, check_instance, check_plan_device, check_reserve
 from .phases import PhaseModel, PhasePeak
-from .plan_args import check_decode_tile, check_frame_size, check_instance, check_plan_device, check_reserve
 
 __all__ = [
     "Plan",
@@ -133,7 +133,7 @@ class Plan:
     as_stored: tuple[str, ...] = ()
     decode_norm: str = "tile"
     decode_tile_forced: bool = False
-    #: a multi-process run: this plan is per rank (see :class:`~mochi_core.memory.phases.PhaseModel`)
+    #: a multi-process run: this plan is per rank (see :class:`~mochi_core.memory.planning.phases.PhaseModel`)
     cfg_parallel: bool = False
     sp: int = 1
     #: bytes of run-time LoRA factors counted in the DiT (0 without LoRAs)
@@ -162,7 +162,7 @@ class Plan:
         ``VAE.decode(tile=...)``; None when the planner chooses the tile from :attr:`memory_budget`."""
         if not self.decode_tile_forced:
             return None
-        from ..vae.tiling import TilePlan
+        from ...vae.tiling import TilePlan
 
         return TilePlan(*self.decode_tile, self.decode_overlap, self.decode_norm)
 
@@ -281,13 +281,13 @@ def plan(
     must divide the heads; each CFG rank runs its half). ``loras``: LoRA files applied at run time (their factors,
     read from the headers, are counted in the DiT blocks they change, in the compute dtype). ``token_chunk``: the
     DiT's chunk length ("auto" = the DiT's default, None = never chunked); ``teacache``: count TeaCache's state
-    kept across steps. Sizes follow mochi-spec.md §3.6 (frames
+    kept across steps. Sizes follow Mochi's rules (frames
     6k+1, width/height multiples of 16). Every argument is validated first
     (:class:`~mochi_core.errors.InvalidInputError` names it). Returns a :class:`Plan` (``fits`` may be False; see
     :func:`require_fit`).
     """
-    from ..dit.config import DiTConfig
-    from ..vae.config import DecoderConfig
+    from ...dit.config import DiTConfig
+    from ...vae.config import DecoderConfig
 
     width, height, frames = check_frame_size(width, height, frames)
     budget = parse_bytes(budget_bytes, what="budget_bytes")
@@ -314,7 +314,7 @@ def plan(
     if resident_blocks is not None:
         resident_blocks = as_int_in("resident_blocks", resident_blocks, low=0, high=cfg.depth)
     batch = as_int_in("batch", batch, low=1, high=64)
-    from ..parallel.layout import ParallelLayout
+    from ...parallel.layout import ParallelLayout
 
     layout = ParallelLayout(cfg_parallel, sp)
     layout.check_heads(cfg.num_heads)
@@ -322,7 +322,7 @@ def plan(
         batch_cfg = True  # each CFG rank runs its half of the batch
     lora_bytes = _lora_bytes(loras, cfg.depth, _DTYPE_BYTES[cdt])
     if token_chunk == "auto":
-        from ..dit.block import DEFAULT_TOKEN_CHUNK
+        from ...dit.block import DEFAULT_TOKEN_CHUNK
 
         chunk: int | None = DEFAULT_TOKEN_CHUNK
     else:
@@ -469,8 +469,8 @@ def _lora_bytes(loras: Any, depth: int, itemsize: int) -> tuple[int, list[int]]:
     """(outside the blocks, per block) bytes of the run-time LoRA factors of the files ``loras``."""
     if not loras:
         return 0, [0] * depth
-    from ..lora.estimate import lora_runtime_bytes
-    from ..options import LoRAOptions
+    from ...lora.estimate import lora_runtime_bytes
+    from ...options import LoRAOptions
 
     paths = [getattr(x, "path", x) for x, _ in LoRAOptions.resolve(loras=[(x, 1.0) for x in loras]).loras]
     return lora_runtime_bytes(paths, depth=depth, itemsize=itemsize)

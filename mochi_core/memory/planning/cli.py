@@ -1,6 +1,6 @@
-"""``python -m mochi_core plan``: print the memory plan of one generation (issue 7 "Planner" CLI).
+"""``python -m mochi_core plan``: print the memory plan of one generation.
 
-``mochi_core/cli.py`` registers the subcommand with :func:`add_plan_parser`; ``python -m mochi_core.memory.cli``
+``mochi_core/cli.py`` registers the subcommand with :func:`add_plan_parser`; ``python -m mochi_core.memory.planning.cli``
 runs it standalone. Exit status, as for ``generate``: 0 when the job fits the budget, 3 when it does not (the
 message names the smallest budget that would fit), 2 on bad input.
 """
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import DoesNotFitError, MochiError
+from ...errors import DoesNotFitError, MochiError
 from .planner import ATTENTIONS, DIT_STORAGES, VAE_DTYPES, parse_bytes, plan, require_fit
 
 __all__ = ["add_plan_parser", "run_plan", "main"]
@@ -29,7 +29,7 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Predict the peak memory of each phase (text encoding, sampling, decoding) of one generation "
         "and choose block streaming and decode tiles so it fits the budget.",
     )
-    from ..cli import add_size_arguments
+    from ...cli import add_size_arguments
 
     add_size_arguments(p)
     p.add_argument("--budget", required=True, help="memory budget: 20GB, 12GiB, 500MB or bytes")
@@ -69,7 +69,7 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_plan(args: argparse.Namespace) -> int:
     """Run the ``plan`` subcommand; prints the plan on stdout, returns the exit status."""
     try:
-        from ..options import parse_lora_arg
+        from ...options import parse_lora_arg
 
         loras = [parse_lora_arg(t)[0] for t in args.lora]
         result = plan(
@@ -106,7 +106,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point: ``python -m mochi_core.memory.cli plan ...``."""
+    """Standalone entry point: ``python -m mochi_core.memory.planning.cli plan ...``."""
     parser = argparse.ArgumentParser(prog="mochi_core")
     sub = parser.add_subparsers(dest="command", required=True)
     add_plan_parser(sub)

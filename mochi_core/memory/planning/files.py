@@ -3,7 +3,7 @@
 :func:`plan_for_files` reads only the safetensors headers of the DiT, T5 and VAE files (no tensor data), infers
 each model's configuration exactly as the loaders do (``DiTConfig.from_shapes``, ``DecoderConfig.from_shapes``,
 :func:`mochi_core.formats.t5.inspect_t5`) and the storage format the weights will have in memory (the file's
-own unless a conversion is asked for), then calls :func:`mochi_core.memory.planner.plan`. So the full model and
+own unless a conversion is asked for), then calls :func:`mochi_core.memory.planning.planner.plan`. So the full model and
 tiny test models are planned the same way, and ``generate(budget=...)`` refuses a job that cannot fit before
 any weight is read.
 """
@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidInputError
-from ..formats.io import open_checkpoint
-from ..precision import STORAGE_DTYPES, default_compute_dtype, dtype_name
-from ..quants import QUANT_TYPES
-from .estimates import T5Sizes
+from ...errors import InvalidInputError
+from ...formats.io import open_checkpoint
+from ...precision import STORAGE_DTYPES, default_compute_dtype, dtype_name
+from ...quants import QUANT_TYPES
+from ..estimates import T5Sizes
 from .planner import Plan, plan
 
 __all__ = ["ModelFiles", "check_model_paths", "inspect_model_files", "plan_for_files"]
@@ -56,7 +56,7 @@ def _widest_block_type(formats: list[str]) -> str | None:
 
 
 def _dit(path: PathLike) -> tuple[object, str]:
-    from ..dit.loader import read_dit_header
+    from ...dit.loader import read_dit_header
 
     layout, cfg = read_dit_header(path)  # the loader's own checks: every tensor of the configuration is present
     src = layout.sources["blocks.0.mlp_x.w1.weight"]
@@ -65,7 +65,7 @@ def _dit(path: PathLike) -> tuple[object, str]:
 
 
 def _t5(path: PathLike) -> tuple[T5Sizes, str]:
-    from ..formats.t5 import inspect_t5
+    from ...formats.t5 import inspect_t5
 
     with open_checkpoint(path) as ckpt:
         layout = inspect_t5(ckpt, path=str(path))
@@ -91,8 +91,8 @@ def _t5(path: PathLike) -> tuple[T5Sizes, str]:
 
 
 def _decoder(path: PathLike) -> object:
-    from ..formats.vae import mapped_shapes, vae_key_map
-    from ..vae.config import DecoderConfig
+    from ...formats.vae import mapped_shapes, vae_key_map
+    from ...vae.config import DecoderConfig
 
     with open_checkpoint(path) as ckpt:
         kmap = vae_key_map(ckpt.keys(), path=str(path))
@@ -143,7 +143,7 @@ def plan_for_files(
     loras: Sequence[Any] = (),
     teacache: bool = False,
 ) -> Plan:
-    """:func:`~mochi_core.memory.planner.plan` for these files; ``*_storage`` None = as stored in the file.
+    """:func:`~mochi_core.memory.planning.planner.plan` for these files; ``*_storage`` None = as stored in the file.
 
     ``vae_dtype`` None = the device's default compute dtype (``precision.default_compute_dtype``: bf16 on CUDA
     GPUs with native bf16, fp32 on older GPUs and on CPU). ``batch_cfg`` None lets the

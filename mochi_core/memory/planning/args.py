@@ -1,4 +1,4 @@
-"""Validation of :func:`mochi_core.memory.planner.plan`'s arguments: every bad value is refused with an
+"""Validation of :func:`mochi_core.memory.planning.planner.plan`'s arguments: every bad value is refused with an
 :class:`~mochi_core.errors.InvalidInputError` that names the argument and what is allowed, before any estimate runs.
 """
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InvalidInputError
-from ..units import parse_bytes
+from ...errors import InvalidInputError
+from ...units import parse_bytes
 
 __all__ = [
     "check_frame_size",
@@ -20,7 +20,7 @@ __all__ = [
 
 def check_frame_size(width: Any, height: Any, frames: Any) -> tuple[int, int, int]:
     """Mochi sizes, by the one rule of every entry point (:func:`mochi_core.options.check_size`)."""
-    from ..options import check_size
+    from ...options import check_size
 
     return check_size(width, height, frames)
 
@@ -59,7 +59,7 @@ def check_decode_tile(value: Any) -> Any:
     (frames, height, width[, overlap]) in latent units. Returns a ``TilePlan``."""
     if value is None:
         return None
-    from ..vae.tiling import TilePlan
+    from ...vae.tiling import TilePlan
 
     try:
         return TilePlan.parse(value)

@@ -1,13 +1,13 @@
 """Block streaming and phase moves: keep N transformer blocks on the compute device, stream the rest.
 
 Reproduces the *behaviour* of ComfyUI's partial loading for Mochi (weights that do not fit stay in system
-memory and travel to the GPU when used, peers.md §6.5, issue 7) with our own mechanism: forward hooks on
+memory and travel to the GPU when used) with our own mechanism: forward hooks on
 ``model.blocks[i]``.
 
 - Blocks ``0..N-1`` and every non-block tensor (embedders, final layer) live on ``device``.
 - Blocks ``N..depth-1`` live on the offload device (on a CUDA device: page-locked CPU memory of exactly the block's
-  size, within :class:`~mochi_core.memory.pinning.PinPolicy`'s cap, given back by :meth:`BlockStreamer.remove`;
-  see :mod:`mochi_core.memory.pinning`). A block's
+  size, within :class:`~mochi_core.memory.streaming.pinning.PinPolicy`'s cap, given back by :meth:`BlockStreamer.remove`;
+  see :mod:`mochi_core.memory.streaming.pinning`). A block's
   forward pre-hook brings it in, its forward hook sends it back (inference only: the home copy never
   changes, so "sending back" is dropping the device copy, no transfer). The forward hooks are registered with
   ``always_call=True``, and a model-level forward hook sends back every streamed block still on the device, so a
@@ -27,7 +27,7 @@ memory and travel to the GPU when used, peers.md §6.5, issue 7) with our own me
   replaced by ``meta`` placeholders, so a block that the mechanism failed to bring in cannot compute and the
   residency counters describe real tensors, not bookkeeping. Weights that still sit in the checkpoint's memory
   mapping (loaded as stored) are then also given back to the OS after each use
-  (:class:`~mochi_core.memory.pages.PageReleaser`): on the CPU, resident memory holds the N resident blocks and
+  (:class:`~mochi_core.memory.streaming.pages.PageReleaser`): on the CPU, resident memory holds the N resident blocks and
   the block being computed, not the whole model.
 
 Weights are rebound, never mutated: each parameter is replaced by a new ``nn.Parameter`` wrapping the home
@@ -45,8 +45,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
-from ..options import StreamingSpec
+from ...errors import InvalidInputError
+from ...options import StreamingSpec
+from ...scalars import as_int
 from .pages import PageReleaser
 from .pinning import CudaHostRegistrar, PinnedBlock, PinPolicy, pin_block
 
@@ -227,6 +228,23 @@ def _pin_policy(pin_memory: bool | PinPolicy | None, device: torch.device, offlo
     return PinPolicy(enabled=bool(pin_memory))
 
 
+def _streaming_problem(model: Any, blocks: Any) -> str | None:
+    """Why block streaming cannot be installed on ``model`` / ``blocks`` (None: it can)."""
+    if not isinstance(model, nn.Module):
+        return f"block streaming needs an nn.Module model; got {type(model).__name__}"
+    if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+        return (
+            f"block streaming needs a model with a non-empty `blocks` nn.ModuleList (or blocks=...); "
+            f"{type(model).__name__} has none"
+        )
+    if any(owner.__dict__.get(_MARK) is not None for owner in (model, blocks)):
+        return (
+            f"block streaming is already installed on this {type(model).__name__}; call remove() on the "
+            "handle enable_block_streaming returned before installing it again"
+        )
+    return None
+
+
 class BlockStreamer:
     """Handle returned by :func:`enable_block_streaming`; call :meth:`remove` to detach it.
 
@@ -245,30 +263,14 @@ class BlockStreamer:
         blocks: nn.ModuleList | None = None,
         copy_on_load: bool | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise InvalidInputError(f"block streaming needs an nn.Module model; got {type(model).__name__}")
         if blocks is None:
             blocks = getattr(model, "blocks", None)
-        if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
-            raise InvalidInputError(
-                f"block streaming needs a model with a non-empty `blocks` nn.ModuleList (or blocks=...); "
-                f"{type(model).__name__} has none"
-            )
-        for owner in (model, blocks):
-            if owner.__dict__.get(_MARK) is not None:
-                raise InvalidInputError(
-                    f"block streaming is already installed on this {type(model).__name__}; call remove() on the "
-                    "handle enable_block_streaming returned before installing it again"
-                )
+        problem = _streaming_problem(model, blocks)
+        if problem is not None:
+            raise InvalidInputError(problem)
         depth = len(blocks)
-        if (
-            isinstance(resident_blocks, bool)
-            or not isinstance(resident_blocks, int)
-            or not 0 <= resident_blocks <= depth
-        ):
-            raise InvalidInputError(
-                f"resident_blocks={resident_blocks!r} must be an integer from 0 to {depth} (the model's depth)"
-            )
+        what = f"an integer from 0 to {depth} (the model's depth)"
+        resident_blocks = as_int("resident_blocks", resident_blocks, low=0, high=depth, what=what)
         self.model = model
         self.blocks = blocks
         self.depth = depth
@@ -522,7 +524,7 @@ def enable_block_streaming(
     ``model`` is any module with a ``blocks`` ``nn.ModuleList`` called in index order by its forward
     (the DiT's 48 ``AsymmetricJointBlock``s). Returns a :class:`BlockStreamer`; ``handle.remove()`` detaches it.
     Device bytes for weights: non-block tensors + N blocks + (1 + prefetch) streamed blocks.
-    ``pin_memory``: a :class:`~mochi_core.memory.pinning.PinPolicy` (on/off and a cap in bytes), True / False, or
+    ``pin_memory``: a :class:`~mochi_core.memory.streaming.pinning.PinPolicy` (on/off and a cap in bytes), True / False, or
     None (pin when streaming from the CPU to CUDA, no cap); pinned memory is exactly the blocks' size and is given
     back by ``remove()``.
     ``blocks``: stream another ModuleList instead (e.g. T5's ``model.encoder.block``). ``copy_on_load``: when
@@ -544,7 +546,7 @@ def enable_block_streaming(
 def apply_streaming(
     model: nn.Module, spec: StreamingSpec | None, *, device: torch.device | str, blocks: nn.ModuleList | None = None
 ) -> BlockStreamer | None:
-    """Install the streaming a plan specifies (:attr:`mochi_core.memory.planner.Plan.dit_streaming`) on a model
+    """Install the streaming a plan specifies (:attr:`mochi_core.memory.planning.planner.Plan.dit_streaming`) on a model
     its caller loaded; None when ``spec`` is None or keeps every block resident (the model is then untouched)."""
     if spec is None or not spec.streams:
         return None
