@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..dtypes import TORCH_DTYPES
 from ..formats.t5 import T5Shape, _expected_names
 from ..ops import quantize_scaled_fp8
 
@@ -95,7 +96,7 @@ def write_t5(path: str | os.PathLike[str], layout: str = "fp16", *, seed: int = 
         return p
     out: dict[str, torch.Tensor] = {}
     if layout in ("fp32", "fp16", "bf16"):
-        dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[layout]
+        dt = TORCH_DTYPES[layout]
         out = {k: v.to(dt) for k, v in sd.items()}
     elif layout == "fp8_e4m3fn":
         for k, v in sd.items():
