@@ -35,10 +35,10 @@ import torch  # noqa: E402
 
 from mochi_core import load_dit  # noqa: E402
 from mochi_core.dit.config import DiTConfig  # noqa: E402
-from mochi_core.memory import track_memory  # noqa: E402
 from mochi_core.memory.estimates import dit_activation_bytes  # noqa: E402
 from mochi_core.sampling import SamplingStats, make_noise, sample  # noqa: E402
 from mochi_core.testing.dit import random_dit_state_dict, write_dit  # noqa: E402
+from mochi_core.testing.memory import track_memory  # noqa: E402
 
 
 def _load(path: Path, args: argparse.Namespace) -> tuple[torch.nn.Module, tuple, tuple, torch.Tensor]:

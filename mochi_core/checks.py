@@ -19,6 +19,7 @@ from .errors import InvalidInputError
 
 __all__ = [
     "check_callable",
+    "check_instance",
     "check_model_arg",
     "check_tensor",
 ]
@@ -69,6 +70,15 @@ def check_callable(fn: Any, *, name: str) -> Callable[..., Any] | None:
     if fn is not None and not callable(fn):
         raise InvalidInputError(f"{name} must be callable or None; got {type(fn).__name__}")
     return fn
+
+
+def check_instance(name: str, value: Any, cls: type, hint: str, *, optional: bool = True) -> Any:
+    """``value`` when it is a ``cls`` (or None when ``optional``); refuses anything else, saying where one comes
+    from (``hint``)."""
+    if not isinstance(value, cls) and not (optional and value is None):
+        none = " or None" if optional else ""
+        raise InvalidInputError(f"{name} must be a {cls.__name__} ({hint}){none}; got {type(value).__name__}")
+    return value
 
 
 def check_model_arg(value: Any, *, name: str, method: str | None, loader: str) -> bool:

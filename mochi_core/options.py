@@ -412,12 +412,9 @@ class ParallelOptions:
     ) -> ParallelOptions:
         n = _Names(names)
         cfg = as_bool(n("cfg_parallel"), cfg_parallel)
-        ranks = as_int(n("sp"), sp, what="an integer >= 1")
-        if ranks < 1:
-            raise InvalidInputError(f"{n('sp')}={sp!r} is not allowed: sequence parallelism needs an integer >= 1")
-        timeout = as_real(n("timeout_s"), timeout_s, what="a number of seconds > 0")
-        if not timeout > 0:
-            raise InvalidInputError(f"{n('timeout_s')}={timeout_s!r} is not allowed: use a number of seconds > 0")
+        message = f"{n('sp')}={sp!r} is not allowed: sequence parallelism needs an integer >= 1"
+        ranks = as_int(n("sp"), sp, low=1, message=message)
+        timeout = as_real(n("timeout_s"), timeout_s, low=0.0, low_open=True, what="a number of seconds > 0")
         return cls(cfg, ranks, timeout)
 
 
@@ -508,15 +505,17 @@ class LoRAOptions:
         for i, item in enumerate(loras):
             if isinstance(item, str):
                 item = parse_lora_arg(item, what=f"{what}[{i}]")
-            if not isinstance(item, (tuple, list)) or len(item) != 2:
-                raise InvalidInputError(f"{what}[{i}]={item!r} must be a (lora, strength) pair")
-            lora, strength = item
+            pair = isinstance(item, (tuple, list)) and len(item) == 2
+            lora, strength = item if pair else (None, None)
+            if not pair or not isinstance(lora, (str, os.PathLike, LoRA)):
+                problem = (
+                    f"{what}[{i}]={item!r} must be a (lora, strength) pair"
+                    if not pair
+                    else (f"{what}[{i}]: {type(lora).__name__} is not a LoRA; pass a load_lora result or a file path")
+                )
+                raise InvalidInputError(problem)
             if isinstance(lora, (str, os.PathLike)):
                 check_lora_file(lora)
-            elif not isinstance(lora, LoRA):
-                raise InvalidInputError(
-                    f"{what}[{i}]: {type(lora).__name__} is not a LoRA; pass a load_lora result or a file path"
-                )
             value = as_real(f"{what}[{i}] strength", strength, what="a finite real number (negative allowed)")
             out.append((lora, value))
         return cls(tuple(out))

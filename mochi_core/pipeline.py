@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .checks import check_callable, check_model_arg
+from .checks import check_callable, check_instance, check_model_arg
 from .devices import check_device
 from .errors import InvalidInputError
 from .options import (
@@ -122,8 +122,7 @@ def _device(device: Any, parallel: Any) -> torch.device:
         return check_device(device, what="device")
     from .parallel import ParallelRun
 
-    if not isinstance(parallel, ParallelRun):
-        raise InvalidInputError(f"parallel must be a mochi_core.parallel.ParallelRun; got {type(parallel).__name__}")
+    check_instance("parallel", parallel, ParallelRun, "mochi_core.parallel", optional=False)
     return parallel.device
 
 
@@ -178,6 +177,12 @@ def _model_options(
             device=dev, compute_dtype=vae_compute_dtype, storage_dtype=vae_storage_dtype, names=vae_names
         ),
     )
+
+
+def _check_callables(**callbacks: Any) -> None:
+    """Each of ``callbacks`` is None or callable."""
+    for name, fn in callbacks.items():
+        check_callable(fn, name=name)
 
 
 def _check_models(dit: Any, text_encoder: Any, vae: Any, tokenizer: Any) -> dict[str, bool]:
@@ -252,10 +257,7 @@ def _apply_plan(setup: _Setup, plan: Any) -> _Setup:
 
     if plan is None:
         return setup
-    if not isinstance(plan, Plan):
-        raise InvalidInputError(
-            f"plan must be a Plan from mochi_core.plan or mochi_core.memory.plan_for_files; got {type(plan).__name__}"
-        )
+    check_instance("plan", plan, Plan, "from mochi_core.plan or mochi_core.memory.plan_for_files")
 
     def load_device(where: str) -> torch.device:  # the job's own device (its CUDA index) when the kinds match
         d = torch.device(where)
@@ -492,9 +494,8 @@ def generate(
     t5_storage_dtype: str | torch.dtype | None = None,
     vae_compute_dtype: str | torch.dtype | None = None, vae_storage_dtype: str | torch.dtype | None = None,
     memory_budget: int | None = None, tile: Any = None, budget: int | str | None = None, plan: Any = None,
-    loras: Sequence[Any] | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None, should_stop: Callable[[], bool] | None = None,
-    decode_progress: Callable[..., None] | None = None, parallel: Any = None,
+    decode_progress: Callable[..., None] | None = None, loras: Sequence[Any] | None = None, parallel: Any = None,
     dtype: str | torch.dtype | None = None, vae_dtype: str | torch.dtype | None = None,
 ) -> GenerationResult:
     # fmt: on
@@ -510,10 +511,9 @@ def generate(
     ``vae_dtype``): DiT / VAE compute dtypes (default fp32 on CPU, bf16 on CUDA); T5 computes in fp32.
     ``*_storage_dtype``: weight storage conversions (None keeps the files'). ``memory_budget`` (bytes) or
     ``tile``, not both: the VAE decode's tiling. ``callback(step, total, x0)``, ``should_stop()`` (also between
-    decode tiles), ``decode_progress(done, total)``. ``loras``: ``[(path or load_lora result,
-    strength), ...]``, active on the DiT while it samples (a DiT passed in gets back the LoRAs it had before); see
-    :func:`mochi_core.apply_loras`. ``parallel``: a :class:`mochi_core.parallel.ParallelRun` when
-    several processes compute this video (same arguments on every rank; only rank 0 gets ``frames``).
+    decode tiles), ``decode_progress(done, total)``. ``loras``: ``[(path or load_lora result, strength), ...]``,
+    active on the DiT while it samples (see :func:`mochi_core.apply_loras`). ``parallel``: a
+    :class:`mochi_core.parallel.ParallelRun` when several processes compute this video (rank 0 gets ``frames``).
     """
     t_start = time.perf_counter()
     job = JobOptions.resolve(
@@ -538,9 +538,7 @@ def generate(
     )  # fmt: skip
     decode = DecodeOptions.resolve(memory_budget=memory_budget, tile=tile)
     lora = LoRAOptions.resolve(loras=loras)
-    callbacks = {"callback": callback, "should_stop": should_stop, "decode_progress": decode_progress}
-    for name, fn in callbacks.items():
-        check_callable(fn, name=name)
+    _check_callables(callback=callback, should_stop=should_stop, decode_progress=decode_progress)
     owns = _check_models(dit, text_encoder, vae, tokenizer)
     setup = _Setup(job, sampling, dev, *models, decode=decode, owns=owns, lora=lora)
     if budget is not None and plan is None:

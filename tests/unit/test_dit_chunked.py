@@ -25,8 +25,8 @@ from safetensors.torch import load_file
 from mochi_core import load_dit
 from mochi_core.dit.block import DEFAULT_TOKEN_CHUNK
 from mochi_core.dit.config import DiTConfig
-from mochi_core.memory import track_memory
 from mochi_core.testing.dit import random_dit_state_dict, write_dit
+from mochi_core.testing.memory import track_memory
 
 TOL = 1e-6
 

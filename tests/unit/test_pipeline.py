@@ -478,7 +478,10 @@ def test_a_plan_must_be_a_plan(models, t5_tokenizer_dir, no_work, plan) -> None:
     """A plan is typed (the planner's Plan): its values were checked when it was made; anything else is refused
     before any work, with what to pass instead."""
     args = {"dit": models["dit"], "vae": models["vae"], "text_encoder": models["t5"], "tokenizer": t5_tokenizer_dir}
-    with pytest.raises(InvalidInputError, match=r"plan must be a Plan from mochi_core.plan .*; got (dict|str)"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"plan must be a Plan \(from mochi_core.plan or mochi_core.memory.plan_for_files\) or None; got (dict|str)",
+    ):
         generate("x", **args, steps=2, plan=plan, **SIZE)
 
 

@@ -13,7 +13,6 @@ __all__ = [
     "check_frame_size",
     "check_plan_device",
     "check_reserve",
-    "check_instance",
     "check_decode_tile",
 ]
 
@@ -45,13 +44,6 @@ def check_reserve(value: Any, device: str) -> int:
     if value is None:
         return 768 * 2**20 if device == "cuda" else 0
     return parse_bytes(value, what="reserve_bytes", allow_zero=True)
-
-
-def check_instance(name: str, value: Any, cls: type, hint: str) -> Any:
-    """``value`` when it is None or a ``cls``; refuses anything else."""
-    if value is not None and not isinstance(value, cls):
-        raise InvalidInputError(f"{name} must be a {cls.__name__} ({hint}) or None; got {type(value).__name__}")
-    return value
 
 
 def check_decode_tile(value: Any) -> Any:

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from ...checks import check_instance
 from ...errors import DoesNotFitError
 from ...options import DecodeOptions, StreamingSpec
 from ...precision import default_compute_dtype, dtype_name
@@ -58,7 +59,7 @@ from ..estimates import (
     t5_activation_bytes,
     t5_weight_bytes,
 )
-from .args import check_decode_tile, check_frame_size, check_instance, check_plan_device, check_reserve
+from .args import check_decode_tile, check_frame_size, check_plan_device, check_reserve
 from .phases import PhaseModel, PhasePeak
 
 __all__ = [
