@@ -279,13 +279,11 @@ def set_weight(
     if not isinstance(module, CastWeights):
         raise TypeError(f"{type(module).__name__} does not cast weights on use")
     if fmt in quants.QUANT_TYPES:
-        if shape is None:
-            raise InvalidInputError(f"{fmt} weights need their logical shape")
-        per_row = quants.row_bytes(fmt, math.prod(shape[1:]))
+        per_row = None if shape is None else quants.row_bytes(fmt, math.prod(shape[1:]))
         if per_row is None or tensor.numel() != shape[0] * per_row or tensor.dtype != torch.uint8:
             raise InvalidInputError(
-                f"{fmt} data {tuple(tensor.shape)} {tensor.dtype} does not hold a {tuple(shape)} weight in whole "
-                f"blocks per row"
+                f"{fmt} data {tuple(tensor.shape)} {tensor.dtype} does not hold a {shape} weight in whole blocks per "
+                "row" + (" (the logical shape is required)" if shape is None else "")
             )
         tensor = tensor.reshape(shape[0], per_row)
     module.weight = nn.Parameter(tensor, requires_grad=False)

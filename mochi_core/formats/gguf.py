@@ -5,7 +5,7 @@ its ``GGUF`` magic), so the DiT and T5 loaders, the queue-time checks of the nod
 ``infos`` / ``get`` interface as for safetensors. Facts of the published files this module relies on:
 
 - The container is memory-mapped (``gguf.GGUFReader``, a private copy-on-write mapping like safetensors', so
-  :mod:`mochi_core.memory.pages` can give a streamed block's pages back; weights are never written); a tensor's dimensions are stored innermost first, so the
+  :mod:`mochi_core.memory.streaming.pages` can give a streamed block's pages back; weights are never written); a tensor's dimensions are stored innermost first, so the
   torch shape is their reverse. ``general.architecture`` names the model.
 - Mochi DiT files made with the ComfyUI-GGUF conversion tools keep the checkpoint's own tensor names (official
   Genmo names, sometimes under Comfy's ``model.diffusion_model.`` prefix); their architecture field is

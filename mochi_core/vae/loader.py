@@ -168,16 +168,17 @@ class VAE:
         )
 
     # ------------------------------------------------------------------ decode
-    def _check_latent(self, latent: torch.Tensor) -> None:
+    def _decoder_config(self) -> DecoderConfig:
         if self.decoder is None:
-            raise InvalidInputError(f"{self.path}: this VAE file has no decoder")
-        sizes = (None, self.decoder.config.latent_dim, None, None, None)  # None: any non-empty size
+            raise InvalidInputError(f"{self.path or 'this VAE'}: the file has no decoder")
+        return self.decoder.config
+
+    def _check_latent(self, latent: torch.Tensor) -> None:
+        sizes = (None, self._decoder_config().latent_dim, None, None, None)  # None: any non-empty size
         check_tensor("latent", latent, sizes, layout="(B, 12, T, H, W) in VAE space", finite=True)
 
     def _decode_config(self, latent_shape: tuple[int, ...]) -> DecoderConfig:
-        if self.decoder is None:
-            raise InvalidInputError(f"{self.path or 'this VAE'}: the file has no decoder")
-        cfg = self.decoder.config
+        cfg = self._decoder_config()
         shape = tuple(latent_shape) if isinstance(latent_shape, (tuple, list, torch.Size)) else None
         if (
             shape is None

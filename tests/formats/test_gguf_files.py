@@ -247,9 +247,8 @@ def test_gguf_in_safetensors_uses_the_same_block_code(tmp_path: Path) -> None:
 
 
 def test_planner_counts_the_bytes_of_each_gguf_type(tmp_path: Path, dit_sd, t5_sd) -> None:
-    from mochi_core.memory.files import inspect_model_files
-
     from mochi_core.memory import dit_weight_bytes
+    from mochi_core.memory.planning.files import inspect_model_files
     from mochi_core.testing.vae import random_decoder_state_dict, write_comfy_vae
 
     vae = write_comfy_vae(tmp_path / "mochi_vae.safetensors", random_decoder_state_dict(seed=1), None)
