@@ -42,7 +42,7 @@ def test_every_spelling_of_a_dtype_means_the_same_everywhere(spellings, name) ->
         (lambda: T5Options.resolve(compute_dtype="half"), "compute_dtype=fp16 cannot be a compute dtype (T5 overflows"),
         (lambda: VAEOptions.resolve(storage_dtype="fp8"), "storage_dtype=fp8_e4m3fn is not a VAE storage dtype"),
         (lambda: T5Options.resolve(storage_dtype="q8_0"), "storage_dtype=q8_0 is not a T5 storage dtype"),
-        (lambda: DiTOptions.resolve(storage_dtype="q2_k"), "storage_dtype='q2_k' is not a DiT storage dtype"),
+        (lambda: DiTOptions.resolve(storage_dtype="q2_x"), "storage_dtype='q2_x' is not a DiT storage dtype"),
         (lambda: DiTOptions.resolve(attention="xformers"), "attention='xformers' is not a known backend"),
         (lambda: DecodeOptions.resolve(memory_budget=float("nan")), "memory_budget=nan is not allowed"),
         (lambda: DecodeOptions.resolve(memory_budget=10**9, tile=2), "tile= cannot be combined with memory_budget="),
