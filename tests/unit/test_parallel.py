@@ -93,9 +93,10 @@ def test_layout_checks() -> None:
 def test_planner_plans_one_rank_and_says_so() -> None:
     from mochi_core.memory.planning.planner import plan
 
-    one = plan(848, 480, 163, budget_bytes="40GB")
-    sp4 = plan(848, 480, 163, budget_bytes="40GB", sp=4)
-    both = plan(848, 480, 163, budget_bytes="40GB", cfg_parallel=True, sp=2)
+    # whole-sequence forward (token_chunk=None): activations are linear in the tokens a rank holds
+    one = plan(848, 480, 163, budget_bytes="40GB", token_chunk=None)
+    sp4 = plan(848, 480, 163, budget_bytes="40GB", sp=4, token_chunk=None)
+    both = plan(848, 480, 163, budget_bytes="40GB", cfg_parallel=True, sp=2, token_chunk=None)
     s1, s4, sb = (p.phase("sampling") for p in (one, sp4, both))
     assert s4.weights_bytes == s1.weights_bytes  # every rank holds the whole DiT
     assert s4.detail["rank_tokens"] == 44520 // 4 and s4.detail["batch"] == 2  # CFG batched, a quarter of the tokens
@@ -103,6 +104,9 @@ def test_planner_plans_one_rank_and_says_so() -> None:
     assert s4.activation_bytes < s1.activation_bytes / 3 and sb.activation_bytes < s1.activation_bytes / 3
     assert sp4.notes[0].startswith("planned per rank for 4 processes (4-way sequence)")
     assert "2 CFG halves x 2-way sequence" in both.notes[0] and both.summary().count("planned per rank") == 1
+    # with the default chunked forward a rank still never plans more than one process does
+    chunked = [plan(848, 480, 163, budget_bytes="40GB", sp=n).phase("sampling").activation_bytes for n in (1, 4)]
+    assert chunked[1] <= chunked[0]
     assert one.phase("text_encoding") == sp4.phase("text_encoding")  # T5 on rank 0, as in one process
     with pytest.raises(InvalidInputError, match="sp=5 does not divide"):
         plan(848, 480, 163, budget_bytes="40GB", sp=5)
