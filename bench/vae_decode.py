@@ -3,7 +3,7 @@
 Same random mid-size decoder weights (official recipe: GroupNorm weights 1 + 0.05 randn, others N(0, 0.05)) loaded
 into both; same latent; same output size (848:480 aspect by default: 30 x 53 latents -> 240 x 424 px). Reports the
 median wall time of each, the peak of live tensor bytes (PeakMemoryTracker, CPU) and each one's max abs error /
-PSNR against its own untiled decode (diffusers drops frames differently, mochi-spec.md §4.3, so each is compared
+PSNR against its own untiled decode (diffusers drops frames differently, docs/numerics.md §4.3, so each is compared
 with itself). Our budget defaults to 45% of the diffusers peak.
 
 Run: python bench/vae_decode.py [--latent-frames 3 --height 30 --width 53 --repeats 3 --budget-frac 0.45]

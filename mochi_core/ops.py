@@ -1,7 +1,7 @@
 """Layers whose weights are stored in one dtype and cast on use to the compute dtype.
 
-This is the single cast-on-use mechanism shared by the DiT, the VAE and T5 (mochi-spec.md §7.2, §8;
-style.md "inject operations"). A weight can be held as:
+This is the single cast-on-use mechanism shared by the DiT, the VAE and T5 (docs/formats.md; every model
+is built from these classes instead of choosing dtypes itself). A weight can be held as:
 
 - ``plain``: any floating dtype (fp32, bf16, fp16, fp8_e4m3fn, fp8_e5m2); cast to the input's dtype;
 - ``scaled_fp8``: Comfy's scaled fp8 — an fp8 weight and an fp32 scalar ``scale_weight``; W = W_fp8 * scale;

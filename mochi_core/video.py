@@ -2,7 +2,7 @@
 
 Semantics of genmoai/mochi ``src/genmo/mochi_preview/pipelines.py`` (``decode_latents``: frames =
 clamp((x + 1) / 2, 0, 1)) and ``src/genmo/lib/utils.py`` (``save_video``: 30 fps, ``(frame * 255).astype(uint8)``,
-i.e. truncation, not rounding); mochi-spec.md §1 step 6.
+i.e. truncation, not rounding); docs/numerics.md §1 step 6.
 """
 
 from __future__ import annotations

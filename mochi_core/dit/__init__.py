@@ -1,7 +1,7 @@
 """Mochi 1 AsymmDiT: configuration, model and a loader for every published checkpoint layout.
 
 Public: :class:`DiTConfig`, :func:`load_dit`, :class:`AsymmDiT`. Semantics of genmoai/mochi
-``src/genmo/mochi_preview/dit/joint_model/``; see mochi-spec.md §2 and §7.
+``src/genmo/mochi_preview/dit/joint_model/``; see docs/numerics.md §2 and docs/formats.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Semantics of genmoai/mochi ``src/genmo/mochi_preview/dit/joint_model/asymm_models_joint.py`` (``run_attention``,
 ``compute_packed_indices``, ``pad_and_split_xy``): each sample attends over [its N visual tokens, its valid text
 tokens]; padded text tokens are neither queries nor keys; with zero valid tokens the attention is visual-only.
-Non-causal, softmax scale 1/sqrt(head_dim). mochi-spec.md §2.3 step 4, §2.5.
+Non-causal, softmax scale 1/sqrt(head_dim). docs/numerics.md §2.3 step 4, §2.5.
 
 Backends: ``sdpa`` (torch scaled_dot_product_attention, default, always available), ``flash`` (flash-attn varlen,
 CUDA, fp16/bf16), ``sage`` (SageAttention, CUDA). Asking for one that is not installed raises

@@ -2,7 +2,7 @@
 
 Semantics of genmoai/mochi ``src/genmo/mochi_preview/dit/joint_model/asymm_models_joint.py``
 (AsymmetricJointBlock, AsymmetricAttention), ``mod_rmsnorm.py``, ``residual_tanh_gated_rmsnorm.py`` and
-``layers.py`` (FeedForward: SiLU on the first half); mochi-spec.md §2.3 "Block i".
+``layers.py`` (FeedForward: SiLU on the first half); docs/numerics.md §2.3 "Block i".
 
 Precision (mochi_core.precision): Linear matmuls in the dtype of the input (the compute dtype); RMSNorms,
 modulation, q/k norms, RoPE and the gated residual in float32, cast back to the compute dtype.

@@ -1,7 +1,7 @@
 """DiT configuration: a frozen dataclass whose defaults are Mochi 1 preview, inferred from tensor shapes on load.
 
 Semantics of genmoai/mochi ``src/genmo/mochi_preview/pipelines.py`` (DitModelFactory arguments) and
-``dit/joint_model/layers.py`` (FeedForward hidden-width rule); mochi-spec.md §2.1. No literal size is asserted:
+``dit/joint_model/layers.py`` (FeedForward hidden-width rule); docs/numerics.md §2.1. No literal size is asserted:
 every derived width is computed from the fields, so the full model and tiny test models share one code path.
 """
 

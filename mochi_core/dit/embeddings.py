@@ -1,7 +1,7 @@
 """Timestep embedding and caption attention pooling of the AsymmDiT.
 
 Semantics of genmoai/mochi ``src/genmo/mochi_preview/dit/joint_model/layers.py`` (TimestepEmbedder,
-AttentionPool, ``timestep_embedding``); mochi-spec.md §2.3 "Timestep embedding" and "Caption pooling".
+AttentionPool, ``timestep_embedding``); docs/numerics.md §2.3 "Timestep embedding" and "Caption pooling".
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Semantics of genmoai/mochi ``src/genmo/mochi_preview/dit/joint_model/rope_mixed.py`` (positions: integer frames,
 spatial bin centres scaled to a 192² target area; angles = pos · pos_frequencies in float32) and
-``temporal_rope.py`` (interleaved "Llama real" pairs 2f, 2f+1); mochi-spec.md §2.3 "Mixed 3D RoPE".
+``temporal_rope.py`` (interleaved "Llama real" pairs 2f, 2f+1); docs/numerics.md §2.3 "Mixed 3D RoPE".
 The angles are computed once per forward as a complex tensor and shared by every block.
 """
 

@@ -1,4 +1,4 @@
-"""Tell which Mochi components a checkpoint holds, from its key names alone (mochi-spec.md §7.2).
+"""Tell which Mochi components a checkpoint holds, from its key names alone (docs/formats.md).
 
 Every loader calls :func:`components` first so that a file for another component is refused with a
 message that says what the file is and which loader takes it.
@@ -35,7 +35,7 @@ _LOADER_OF = {
     T5: "load_text_encoder / the Mochi T5 loader (models/text_encoders)",
 }
 
-# The one definition of the key prefixes under which each component is found (mochi-spec.md §7.2), longest first so
+# The one definition of the key prefixes under which each component is found (docs/formats.md), longest first so
 # that an all-in-one file's prefix wins over a shorter one; "" (no prefix) last. Every format module imports these.
 
 #: DiT: Comfy split / all-in-one files, other single-file savers, diffusers-in-a-pipeline, none (official, Kijai).

@@ -1,6 +1,6 @@
 """Detect the layout of a Mochi DiT checkpoint and map its tensors to the official names.
 
-Layouts (mochi-spec.md §7.2, §7.3): official Genmo ``dit.safetensors`` (no prefix, fp32); Comfy-Org split
+Layouts (docs/formats.md): official Genmo ``dit.safetensors`` (no prefix, fp32); Comfy-Org split
 files (``model.diffusion_model.`` prefix, bf16) and scaled fp8 (fp8 ``<layer>.weight`` + fp32
 ``<layer>.scale_weight``, marker tensor ``scaled_fp8``); Comfy all-in-one (DiT under ``model.diffusion_model.``,
 VAE and T5 under other prefixes, ignored here); Kijai bf16 / fp8_e4m3fn (no prefix, mixed dtypes); Kijai

@@ -1,6 +1,6 @@
 """T5 v1.1 encoder checkpoints: key prefixes, storage formats and the configuration implied by the shapes.
 
-Layouts read (mochi-spec.md §6, §7.1, §7.2):
+Layouts read (docs/numerics.md §6, docs/formats.md):
 
 - Comfy-Org ``t5xxl_fp16.safetensors``: HF ``T5EncoderModel`` names (``shared.weight``, ``encoder.block.{i}...``)
   in fp16, no prefix;

@@ -1,4 +1,4 @@
-"""VAE checkpoint layouts -> official Genmo key names (mochi-spec.md §7.1-§7.3).
+"""VAE checkpoint layouts -> official Genmo key names (docs/formats.md).
 
 Recognised layouts (keys only, no data read):
 

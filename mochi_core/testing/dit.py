@@ -1,6 +1,6 @@
 """Tiny random Mochi DiT weights with the official keys, and writers for every published DiT layout.
 
-Layouts (mochi-spec.md §7.1–§7.3): ``official`` (fp32, no prefix), ``comfy_bf16`` (``model.diffusion_model.``,
+Layouts (docs/formats.md): ``official`` (fp32, no prefix), ``comfy_bf16`` (``model.diffusion_model.``,
 bf16), ``comfy_scaled_fp8`` (Linear weights fp8_e4m3fn + ``scale_weight``, marker ``scaled_fp8``, rest bf16),
 ``comfy_all_in_one`` (the scaled-fp8 DiT plus small VAE and T5 tensors under their prefixes), ``kijai_fp8``
 (block Linear weights cast to fp8_e4m3fn without scale, rest fp32), ``kijai_bf16`` (bf16 with fp32

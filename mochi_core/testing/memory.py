@@ -1,6 +1,6 @@
 """Measure memory: peak of live tensor bytes (CPU allocator events, or CUDA allocator stats) and peak RSS.
 
-Used by the planner validation (measured peaks of real runs against the planner's predictions, issue 7)
+Used by the planner validation (measured peaks of real runs against the planner's predictions)
 and by the benchmarks. No upstream behaviour is reproduced here; the numbers are what the planner models:
 
 - **tensor bytes** on CPU come from ``torch.profiler`` with ``profile_memory=True``: every allocation and

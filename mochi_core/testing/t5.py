@@ -1,6 +1,6 @@
 """Tiny random T5 v1.1 encoders written as real safetensors files in every layout the text loader reads.
 
-Layouts (mochi-spec.md §7.1, §7.2): ``fp32``, ``fp16`` (Comfy ``t5xxl_fp16``), ``bf16``, ``fp8_e4m3fn`` (Comfy
+Layouts (docs/formats.md): ``fp32``, ``fp16`` (Comfy ``t5xxl_fp16``), ``bf16``, ``fp8_e4m3fn`` (Comfy
 ``t5xxl_fp8_e4m3fn``: Linear weights and the embedding cast to fp8, norms fp16), ``fp8_e4m3fn_scaled``
 (``scaled_fp8`` marker + fp8 ``.weight`` and fp32 ``.scale_weight`` per Linear, the rest fp16), ``hf_sharded``
 (folder of fp32 shards + ``model.safetensors.index.json`` like ``google/t5-v1_1-xxl`` / the Mochi

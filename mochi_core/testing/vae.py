@@ -1,7 +1,7 @@
 """Tiny random Mochi VAE weights with the official key layout, and writers for every published VAE format.
 
 Recipe (as the golden files, shared/golden/README.md): GroupNorm weights 1 + 0.05 * randn, all other parameters
-normal(0, 0.05), in parameter order after ``torch.manual_seed(seed)``. Formats (mochi-spec.md §7.1-§7.3):
+normal(0, 0.05), in parameter order after ``torch.manual_seed(seed)``. Formats (docs/formats.md):
 official ``decoder.safetensors`` / ``encoder.safetensors`` (fp32), first-release ``vae.safetensors`` (decoder only),
 Comfy-Org ``mochi_vae.safetensors`` (``decoder.`` / ``encoder.`` prefixes, 16-bit), Kijai bf16 decoder / encoder,
 diffusers ``AutoencoderKLMochi`` (a ``vae/`` folder with ``config.json`` and ``diffusion_pytorch_model.safetensors``).

@@ -1,6 +1,6 @@
 """Mochi causal video VAE: decoder, encoder, tiled / budgeted decoding, latent normalisation.
 
-See README "VAE and tiled decoding". Semantics of genmoai/mochi ``src/genmo/mochi_preview/vae/``; mochi-spec.md §4-§5.
+See README "VAE and tiled decoding". Semantics of genmoai/mochi ``src/genmo/mochi_preview/vae/``; docs/numerics.md §4-§5.
 """
 
 from __future__ import annotations

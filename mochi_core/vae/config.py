@@ -1,7 +1,7 @@
 """VAE configurations: the official Mochi 1 decoder / encoder and tiny presets, inferred from checkpoint shapes.
 
 Semantics of genmoai/mochi ``src/genmo/mochi_preview/pipelines.py`` (DecoderModelFactory, EncoderModelFactory)
-and ``vae/models.py`` (Decoder, Encoder constructors); mochi-spec.md §4.3, §4.4.
+and ``vae/models.py`` (Decoder, Encoder constructors); docs/numerics.md §4.3, §4.4.
 """
 
 from __future__ import annotations

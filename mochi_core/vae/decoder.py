@@ -1,7 +1,7 @@
 """The Mochi causal video decoder: (B, 12, T, H, W) VAE-space latent -> (B, 3, 6(T-1)+1, 8H, 8W) video in ~[-1, 1].
 
 Semantics of genmoai/mochi ``src/genmo/mochi_preview/vae/models.py`` (Decoder, CausalUpsampleBlock,
-DepthToSpaceTime); mochi-spec.md §4.3. Keys are the official ones (``blocks.0.0``, ``blocks.{b}.blocks.{i}``,
+DepthToSpaceTime); docs/numerics.md §4.3. Keys are the official ones (``blocks.0.0``, ``blocks.{b}.blocks.{i}``,
 ``blocks.{b}.proj``, ``blocks.{n}.{i}``, ``output_proj``).
 
 Streaming (:meth:`Decoder.start_stream`): consecutive calls on consecutive temporal chunks of one latent decode

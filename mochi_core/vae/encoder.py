@@ -2,7 +2,7 @@
 (B, 12, (F-1)/6+1, H/8, W/8).
 
 Semantics of genmoai/mochi ``src/genmo/mochi_preview/vae/models.py`` (Encoder, DownsampleBlock, AttentionBlock,
-add_fourier_features) and ``latent_dist.py``; mochi-spec.md §4.2, §4.4. Keys are the official ones (``layers.*``,
+add_fourier_features) and ``latent_dist.py``; docs/numerics.md §4.2, §4.4. Keys are the official ones (``layers.*``,
 ``output_norm``, ``output_proj``).
 """
 

@@ -1,7 +1,7 @@
 """Latent normalisation between DiT space and VAE space, and a cheap latent -> RGB preview.
 
 Semantics of genmoai/mochi ``src/genmo/mochi_preview/vae/vae_stats.py`` (dit_latents_to_vae_latents /
-vae_latents_to_dit_latents; the 12 means and stds, mochi-spec.md §4.1). The preview factors are the facts of
+vae_latents_to_dit_latents; the 12 means and stds, docs/numerics.md §4.1). The preview factors are the facts of
 ComfyUI ``comfy/latent_formats.py`` class Mochi (they apply to DiT-space latents).
 """
 

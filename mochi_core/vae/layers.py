@@ -2,7 +2,7 @@
 
 Semantics of genmoai/mochi ``src/genmo/mochi_preview/vae/models.py`` (GroupNormSpatial, ContextParallelConv3d
 with ``causal=True``, Conv1x1, DepthToSpaceTime, ResBlock, Attention / AttentionBlock, add_fourier_features);
-mochi-spec.md §4.2. Written from the spec; no upstream code.
+docs/numerics.md §4.2. Written from the spec; no upstream code.
 
 Two additions that do not change the math of a whole decode:
 

@@ -1,7 +1,7 @@
 """Tiled decoding: exact temporal chunks with carried causal context, spatial tiles with shared GroupNorm
 statistics and feathered blending, and a memory-budget planner.
 
-Why the pieces (mochi-spec.md §5): the decoder is causal and normalises each frame on its own, so temporal chunks
+Why the pieces (docs/numerics.md §5): the decoder is causal and normalises each frame on its own, so temporal chunks
 that carry each causal conv's last k_t - 1 input frames decode exactly (no lost, repeated or flickering frames).
 Spatially, a tile differs from the whole decode in two ways: its GroupNorm statistics cover only the tile, and its
 borders are replicate-padded. Tiles overlap and are cross-faded over the middle of each overlap, so a pixel is

@@ -1,4 +1,4 @@
-"""Every published DiT layout (mochi-spec.md §7.2), written as real files from the golden tiny weights, loads
+"""Every published DiT layout (docs/formats.md), written as real files from the golden tiny weights, loads
 through ``load_dit`` and gives the official layout's outputs.
 
 Two checks per format:

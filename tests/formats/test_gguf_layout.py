@@ -1,4 +1,4 @@
-"""GGUF Q8_0 / Q4_0 blocks built byte by byte from the format description (mochi-spec.md §7.2, ggml's
+"""GGUF Q8_0 / Q4_0 blocks built byte by byte from the format description (docs/formats.md, ggml's
 ``block_q8_0`` / ``block_q4_0``), not by our writer: the reader must give exactly d·q.
 
 Q8_0 block (34 bytes): little-endian fp16 scale d, then 32 int8 values q; w = d·q.

@@ -126,7 +126,7 @@ def test_difference_timestep_convention(pair, cases) -> None:
 
 
 def test_difference_key_layout(weights) -> None:
-    """Mapping facts (mochi-spec §7.3): fused qkv = concat of to_q/to_k/to_v; SwiGLU w1 and final modulation
+    """Mapping facts (docs/formats.md): fused qkv = concat of to_q/to_k/to_v; SwiGLU w1 and final modulation
     have their halves swapped ([gate-multiplier | activated] and [scale | shift] in diffusers)."""
     dsd = to_diffusers_state_dict(weights)
     # bit-exact by construction: the mapping only slices, concatenates and reorders tensors (no arithmetic)

@@ -81,7 +81,7 @@ def _diffusers_vae(dec_sd, enc_sd, enc_cfg):
 
 
 def test_diffusers_decoder_frame_drop_difference_is_pinned(golden_dir, golden_decoder):
-    """diffusers decodes 6T frames and drops the first 5 at the end (mochi-spec.md §4.3); official drops inside each
+    """diffusers decodes 6T frames and drops the first 5 at the end (docs/numerics.md §4.3); official drops inside each
     up block. Same frame count, different early causal context: our decoder with the diffusers drop rule equals
     diffusers, and the official rule differs from it by a visible amount."""
     dec_sd = load_file(golden_dir / "vae_decoder_tiny.safetensors")

@@ -60,7 +60,7 @@ def test_model_is_frozen_eval(golden_dir: Path) -> None:
 
 
 def test_rope_positions_full_resolution() -> None:
-    """480x848 -> pH 30, pW 53, s = sqrt(36864 / 1590) = 4.81507 (mochi-spec §2.3)."""
+    """480x848 -> pH 30, pW 53, s = sqrt(36864 / 1590) = 4.81507 (docs/numerics.md §2.3)."""
     pos = rope_positions(2, 30, 53)
     assert pos.shape == (2 * 30 * 53, 3)
     s = math.sqrt(36864 / (30 * 53))

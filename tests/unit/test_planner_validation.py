@@ -1,4 +1,4 @@
-"""Planner validation (issue 7): predicted phase peaks against measured peaks of real runs on this CPU.
+"""Planner validation: predicted phase peaks against measured peaks of real runs on this CPU.
 
 For scaled DiT configurations (depths, widths, frame counts, storage dtypes, CFG batching, budgets that force
 block streaming) one real sampling step (``mochi_core.sampling.sample``, steps=1, CFG 4.5) is measured with

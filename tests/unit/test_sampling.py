@@ -199,7 +199,7 @@ class RecordingDiT:
 
 
 def _hand_run(noise, sched, cfgs, pos, neg):
-    """The CFG Euler loop written out in float64 (mochi-spec.md §3.1): the trajectory z_k, x0 estimates, sigmas."""
+    """The CFG Euler loop written out in float64 (docs/numerics.md §3.1): the trajectory z_k, x0 estimates, sigmas."""
     z = noise.double()
     zs, x0s = [z], []
     for i, cfg in enumerate(cfgs):
