@@ -71,7 +71,7 @@ class DiTConfig:
     # ------------------------------------------------------------------ presets
     @classmethod
     def tiny(cls) -> DiTConfig:
-        """The configuration of the golden tiny model (``shared/golden/dit_tiny.safetensors``)."""
+        """The configuration of the golden tiny model (the golden test file ``dit_tiny.safetensors``)."""
         return cls(depth=2, num_heads=2, hidden_size_x=96, hidden_size_y=48, t5_feat_dim=32, t5_token_length=16)
 
     def with_(self, **changes: object) -> DiTConfig:

@@ -1,6 +1,6 @@
 """Tiny random Mochi VAE weights with the official key layout, and writers for every published VAE format.
 
-Recipe (as the golden files, shared/golden/README.md): GroupNorm weights 1 + 0.05 * randn, all other parameters
+Recipe (the one the golden test files were made with): GroupNorm weights 1 + 0.05 * randn, all other parameters
 normal(0, 0.05), in parameter order after ``torch.manual_seed(seed)``. Formats (docs/formats.md):
 official ``decoder.safetensors`` / ``encoder.safetensors`` (fp32), first-release ``vae.safetensors`` (decoder only),
 Comfy-Org ``mochi_vae.safetensors`` (``decoder.`` / ``encoder.`` prefixes, 16-bit), Kijai bf16 decoder / encoder,

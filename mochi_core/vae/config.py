@@ -63,7 +63,7 @@ class DecoderConfig:
 
     @classmethod
     def tiny(cls) -> DecoderConfig:
-        """The golden-test decoder (shared/golden/manifest.json): 32 channels everywhere, one res block per stage."""
+        """The golden-test decoder (the golden test files): 32 channels everywhere, one res block per stage."""
         return cls(channels=(32, 32, 32, 32), num_res_blocks=(1, 1, 1, 1, 1))
 
     @classmethod
@@ -156,7 +156,7 @@ class EncoderConfig:
 
     @classmethod
     def tiny(cls) -> EncoderConfig:
-        """The golden-test encoder (shared/golden/manifest.json)."""
+        """The golden-test encoder (the golden test files)."""
         return cls(channels=(64, 32, 64, 32), num_res_blocks=(0, 1, 0, 1, 0))
 
     @classmethod

@@ -284,7 +284,9 @@ def test_math_attention_is_quadratic_and_does_not_fit() -> None:
     math_p = plan(848, 480, 163, budget_bytes=80 * GB, attention="math")
     s = 44_520 + 256
     assert math_p.attention_backend == "math" and flash.attention_backend == "flash"
-    assert math_p.phase("sampling").workspace_bytes >= 24 * s * s * 4  # the S^2 score matrix (docs/memory.md "The planner")
+    assert (
+        math_p.phase("sampling").workspace_bytes >= 24 * s * s * 4
+    )  # the S^2 score matrix (docs/memory.md "The planner")
     assert not math_p.fits and flash.fits
 
 
