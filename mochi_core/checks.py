@@ -65,10 +65,12 @@ def check_tensor(
     return value
 
 
-def check_callable(fn: Any, *, name: str) -> Callable[..., Any] | None:
-    """None or a callable."""
-    if fn is not None and not callable(fn):
-        raise InvalidInputError(f"{name} must be callable or None; got {type(fn).__name__}")
+def check_callable(fn: Any, *, name: str, what: str = "callable", optional: bool = True) -> Callable[..., Any] | None:
+    """A callable, or None when ``optional``; ``what`` says what it must be in the message (e.g. "a callable
+    model (load_dit)")."""
+    if not callable(fn) and not (optional and fn is None):
+        none = " or None" if optional else ""
+        raise InvalidInputError(f"{name} must be {what}{none}; got {type(fn).__name__}")
     return fn
 
 

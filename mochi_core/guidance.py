@@ -114,14 +114,8 @@ def parse_blocks(value: Any) -> tuple[int, ...]:
 def check_stg(scale: object, blocks: object, rescale: object) -> tuple[float, tuple[int, ...], float]:
     """``stg_scale`` finite >= 0 (0 = off), ``stg_blocks`` (see :func:`parse_blocks`), ``stg_rescale`` in [0, 1]
     (0 = off). Returns them checked; the block range is checked against a model by :func:`check_stg_blocks_for`."""
-    s = as_real("stg_scale", scale, what="a finite number >= 0 (0 = off, 1 typical)")
-    if s < 0:
-        raise InvalidInputError(f"stg_scale={scale!r} is not allowed: use a number >= 0 (0 = off, 1 typical)")
-    r = as_real("stg_rescale", rescale, what="a number in [0, 1] (0 = off, 0.7 typical)")
-    if not 0.0 <= r <= 1.0:
-        raise InvalidInputError(
-            f"stg_rescale={rescale!r} is not allowed: use a number in [0, 1] (0 = off, 0.7 typical)"
-        )
+    s = as_real("stg_scale", scale, low=0.0, what="a finite number >= 0 (0 = off, 1 typical)")
+    r = as_real("stg_rescale", rescale, low=0.0, high=1.0, what="a number in [0, 1] (0 = off, 0.7 typical)")
     b = parse_blocks(DEFAULT_STG_BLOCKS if blocks is None else blocks)
     return s, b, r
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from . import dtypes
+from .checks import check_instance
 from .devices import check_device
 from .errors import InvalidInputError
 from .scalars import as_bool, as_int, as_int_in, as_real
@@ -442,8 +443,8 @@ class JobOptions:
         names: Mapping[str, str] | None = None,
     ) -> JobOptions:
         n = _Names(names)
-        if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
-            raise InvalidInputError(f"{n('prompt')} and {n('negative_prompt')} must be strings")
+        check_instance(n("prompt"), prompt, str, "the text of the video", optional=False)
+        check_instance(n("negative_prompt"), negative_prompt, str, "'' for none", optional=False)
         w, h, f = check_size(width, height, frames, names=names)
         return cls(prompt, negative_prompt, w, h, f, check_seed(seed, name=n("seed")))
 

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .checks import check_callable, check_tensor
+from .checks import check_callable, check_instance, check_tensor
 from .errors import InvalidInputError, MochiInterrupted
 from .guidance import check_stg_blocks_for, stg_combine
 from .options import (
@@ -145,8 +145,7 @@ def _check_noise(noise: Any) -> torch.Tensor:
 
 
 def _check_callables(dit: Any, callback: Any, should_stop: Any) -> None:
-    if not callable(dit):
-        raise InvalidInputError(f"dit must be a callable model (load_dit); got {type(dit).__name__}")
+    check_callable(dit, name="dit", what="a callable model (load_dit)", optional=False)
     check_callable(callback, name="callback")
     check_callable(should_stop, name="should_stop")
 
@@ -368,8 +367,7 @@ def sample(
         stg_rescale=stg_rescale,
     )
     _check_callables(dit, callback, should_stop)
-    if stats is not None and not isinstance(stats, SamplingStats):
-        raise InvalidInputError(f"stats must be a SamplingStats or None; got {type(stats).__name__}")
+    check_instance("stats", stats, SamplingStats, "made with SamplingStats(), filled while sampling")
     _check_noise(noise)
     _check_speed_support(dit, args)
     if start_latent is not None:

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import InvalidInputError
-from .scalars import as_int, as_real
+from .scalars import as_int_in, as_real
 
 __all__ = ["COEFFICIENTS", "TeaCacheState", "check_teacache", "rescale"]
 
@@ -49,14 +48,8 @@ def rescale(rel: float) -> float:
 def check_teacache(threshold: object, max_skip_steps: object) -> tuple[float, int]:
     """``teacache_threshold`` a finite number >= 0 (0 = off) and ``max_skip_steps`` an integer >= 0 (0 = no
     limit); returned as (float, int). Raises :class:`InvalidInputError` naming the argument."""
-    t = as_real("teacache_threshold", threshold, what="a finite number >= 0 (0 = off; 0.06 or 0.09 typical)")
-    if not t >= 0.0:
-        raise InvalidInputError(
-            f"teacache_threshold={threshold!r} is not allowed: use a number >= 0 (0 = off; 0.06 or 0.09 typical)"
-        )
-    m = as_int("max_skip_steps", max_skip_steps, what="an integer >= 0 (0 = no limit)")
-    if m < 0:
-        raise InvalidInputError(f"max_skip_steps={max_skip_steps!r} is not allowed: use an integer >= 0 (0 = no limit)")
+    t = as_real("teacache_threshold", threshold, low=0.0, what="a finite number >= 0 (0 = off; 0.06 or 0.09 typical)")
+    m = as_int_in("max_skip_steps", max_skip_steps, low=0, what="an integer >= 0 (0 = no limit)")
     return t, m
 
 

@@ -38,11 +38,13 @@ def conditioning_to_t5(conditioning: Any, name: str = "positive") -> tuple[torch
     """
     from mochi_core.errors import InvalidInputError
 
-    if not isinstance(conditioning, (list, tuple)) or len(conditioning) == 0:
-        raise InvalidInputError(f"{name} conditioning is empty: connect a Mochi Text Encode (or CLIPTextEncode) output")
-    entry = conditioning[0]
+    listed = isinstance(conditioning, (list, tuple))
+    entry = conditioning[0] if listed and conditioning else None
     if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], torch.Tensor):
-        raise InvalidInputError(f"{name} conditioning is not a ComfyUI CONDITIONING ([[tensor, dict], ...])")
+        problem = "is empty" if listed and not conditioning else "is not a ComfyUI CONDITIONING ([[tensor, dict], ...])"
+        raise InvalidInputError(
+            f"{name} conditioning {problem}: connect a Mochi Text Encode (or CLIPTextEncode) output"
+        )
     if len(conditioning) > 1:
         logger.warning("Mochi: %s conditioning has %d entries; using the first one", name, len(conditioning))
     feat, extra = entry[0], entry[1] if isinstance(entry[1], dict) else {}

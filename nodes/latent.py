@@ -14,6 +14,15 @@ from .registry import register
 from .validation import check_video_size, check_widget_values, video_size_inputs
 
 
+def latent_samples(latent: Any, name: str) -> torch.Tensor:
+    """The ``samples`` tensor (B, 12, T, H/8, W/8) of the Mochi LATENT input ``name``; refuses anything else
+    (InvalidInputError naming ``name`` and the shape it got)."""
+    from mochi_core.checks import check_tensor
+
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    return check_tensor(name, samples, (None, 12, None, None, None), layout="(B, 12, T, H/8, W/8) (a Mochi LATENT)")
+
+
 @register("MochiEmptyLatent", "Mochi Empty Latent Video")
 class MochiEmptyLatent:
     CATEGORY = "Mochi/latent"

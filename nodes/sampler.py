@@ -20,6 +20,7 @@ import torch
 
 from . import host
 from .conditioning import conditioning_to_t5
+from .latent import latent_samples
 from .lora import lora_scope
 from .placement import placed, plan_sampling
 from .registry import register
@@ -299,11 +300,8 @@ class MochiSampler:
 
         speed = speed_kwargs(preset, teacache_threshold, max_skip_steps, stg_scale, stg_blocks, stg_rescale)
         if preset != "default":
-            if sigmas is not None:
-                raise InvalidInputError(
-                    f"preset={preset!r} sets its own schedule: disconnect sigmas or use preset 'default'"
-                )
-            fixed = check_sampling_args(steps=None, cfg=None, **speed)
+            # a connected sigmas input is refused here, naming the preset's own schedule
+            fixed = check_sampling_args(steps=None, cfg=None, sigmas=sigmas, **speed)
             logger.info(
                 "Mochi: preset %s: %d steps, cfg %g (the steps, cfg, threshold_noise and linear_steps widgets are "
                 "not used)", preset, fixed.steps, fixed.cfg,
@@ -333,11 +331,7 @@ class MochiSampler:
                 )
         start = None
         if latent is not None:
-            samples = latent.get("samples") if isinstance(latent, dict) else None
-            if not isinstance(samples, torch.Tensor) or samples.dim() != 5 or samples.shape[1] != 12:
-                shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else None
-                raise InvalidInputError(f"latent must be a Mochi LATENT (B, 12, T, H/8, W/8); got shape {shape}")
-            batch, _, t, h, w = samples.shape
+            batch, _, t, h, w = latent_samples(latent, "latent").shape
             frames, height, width = 6 * (t - 1) + 1, h * 8, w * 8
             logger.info("Mochi: size from the latent: %d frames, %dx%d, batch %d", frames, width, height, batch)
         else:

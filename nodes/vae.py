@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from . import host
+from .latent import latent_samples
 from .placement import GB, placed, plan_decode
 from .registry import register
 from .validation import check_widget_values, invalid
@@ -74,6 +75,16 @@ def video_to_images(video: torch.Tensor) -> torch.Tensor:
 def images_to_video(images: torch.Tensor) -> torch.Tensor:
     """Core IMAGE (F, H, W, 3) in [0, 1] -> (1, 3, F, H, W) in [-1, 1]."""
     return (images[..., :3].to(torch.float32) * 2.0 - 1.0).permute(3, 0, 1, 2).unsqueeze(0)
+
+
+def _require_part(vae: Any, part: str) -> None:
+    """Refuse a VAE without its ``part`` ("decoder" or "encoder"), saying which file has it."""
+    from mochi_core.errors import InvalidInputError
+
+    if getattr(vae, part) is None:
+        raise InvalidInputError(
+            f"this VAE file has no {part}: load mochi_vae.safetensors (Comfy-Org) or Genmo's {part} file"
+        )
 
 
 @register("MochiVAEDecodeTiled", "Mochi VAE Decode (Tiled)")
@@ -162,16 +173,12 @@ class MochiVAEDecodeTiled:
         tile_height: int = 0,
         tile_width: int = 0,
     ) -> tuple[torch.Tensor]:
-        from mochi_core.errors import DoesNotFitError, InvalidInputError
+        from mochi_core.errors import DoesNotFitError
         from mochi_core.vae import TilePlan
 
         check_decode_inputs(memory_budget_gb, tile_frames, tile_height, tile_width)  # linked values are known now
-        latent = samples.get("samples") if isinstance(samples, dict) else None
-        if not isinstance(latent, torch.Tensor) or latent.dim() != 5:
-            shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else None
-            raise InvalidInputError(f"samples must be a Mochi LATENT (B, 12, T, H/8, W/8); got shape {shape}")
-        if vae.decoder is None:
-            raise InvalidInputError("this VAE file has no decoder: load mochi_vae.safetensors or Genmo's decoder file")
+        latent = latent_samples(samples, "samples")
+        _require_part(vae, "decoder")
         shape = tuple(int(v) for v in latent.shape)
         tile = input_tile(shape, tile_frames, tile_height, tile_width)
         device = host.compute_device()
@@ -260,10 +267,7 @@ class MochiVAEEncode:
         from mochi_core.errors import InvalidInputError
         from mochi_core.ops import weight_nbytes
 
-        if vae.encoder is None:
-            raise InvalidInputError(
-                "this VAE file has no encoder: load mochi_vae.safetensors (Comfy-Org) or Genmo's encoder file"
-            )
+        _require_part(vae, "encoder")
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] < 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else None
             raise InvalidInputError(f"images must be an IMAGE batch [frames, height, width, 3]; got {shape}")

@@ -37,20 +37,23 @@ DEFAULT_TIMEOUT_S = 1800.0
 
 def launched_world_size() -> int:
     """``WORLD_SIZE`` of this process (1 when not started by torchrun or another ``env://`` launcher)."""
-    value = os.environ.get("WORLD_SIZE", "1")
+    return _env_int("WORLD_SIZE", 1)
+
+
+def _env(name: str, default: str | None = None) -> str:
+    """The launcher's environment variable ``name`` (``default`` when unset; refused when unset without one)."""
+    value = os.environ.get(name, default)
+    if value is None:
+        raise InvalidInputError(f"{name} is not set: start multi-process runs with torchrun")
+    return value
+
+
+def _env_int(name: str, default: int) -> int:
+    value = _env(name, str(default))
     try:
         return int(value)
     except ValueError:
-        raise InvalidInputError(f"WORLD_SIZE={value!r} is not an integer (set by torchrun)") from None
-
-
-def _env_int(name: str, default: int | None = None) -> int:
-    value = os.environ.get(name)
-    if value is None:
-        if default is None:
-            raise InvalidInputError(f"{name} is not set: start multi-process runs with torchrun")
-        return default
-    return int(value)
+        raise InvalidInputError(f"{name}={value!r} is not an integer (set by torchrun)") from None
 
 
 @dataclass(frozen=True)
@@ -161,8 +164,7 @@ def init_distributed(
     else:
         raise InvalidInputError(f"multi-process runs support --device cpu (gloo) or cuda (NCCL), not {dev.type!r}")
     for name in ("MASTER_ADDR", "MASTER_PORT"):
-        if name not in os.environ:
-            raise InvalidInputError(f"{name} is not set: start multi-process runs with torchrun")
+        _env(name)
     timeout = timedelta(seconds=float(timeout_s))
     try:
         dist.init_process_group(

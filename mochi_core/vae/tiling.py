@@ -41,6 +41,7 @@ from typing import Protocol
 import torch
 
 from ..errors import DoesNotFitError, InvalidInputError, MochiInterrupted
+from ..scalars import as_int_in
 from ..units import format_bytes
 from .config import DecoderConfig
 from .decoder import Decoder
@@ -87,12 +88,10 @@ class TilePlan:
     norm: str = "tile"
 
     def __post_init__(self) -> None:
-        for name in ("frames", "height", "width"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise InvalidInputError(f"tile {name} must be a positive int (latent units); got {v!r}")
-        if not isinstance(self.overlap, int) or self.overlap < 0:
-            raise InvalidInputError(f"tile overlap must be an int >= 0 (latents); got {self.overlap!r}")
+        lows = {"frames": 1, "height": 1, "width": 1, "overlap": 0}
+        for name, low in lows.items():
+            what = "a positive int (latent units)" if low else "an int >= 0 (latents)"
+            object.__setattr__(self, name, as_int_in(f"tile {name}", getattr(self, name), low=low, what=what))
         if self.norm not in NORM_MODES:
             raise InvalidInputError(f"tile norm must be one of {NORM_MODES}; got {self.norm!r}")
 
