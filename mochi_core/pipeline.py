@@ -444,6 +444,10 @@ def _summary(setup: _Setup, latent: torch.Tensor, extra: dict[str, Any]) -> dict
         "denoise": args.denoise,
         "device": str(setup.dev),
         "latent_shape": list(latent.shape),
+        "loras": [
+            {"file": os.path.basename(str(getattr(x, "path", x))), "strength": strength}
+            for x, strength in setup.lora.loras
+        ],
         **extra,
         "timings": {k: round(v, 3) for k, v in extra["timings"].items()},
     }
@@ -500,20 +504,10 @@ def generate(
 ) -> GenerationResult:
     # fmt: on
     """Generate one video from ``prompt``; returns a :class:`GenerationResult`. Every input is checked before any
-    weight is read (errors are :class:`InvalidInputError` naming the argument); see the module docstring for
-    models given as paths or objects, ``budget=`` and ``plan=``.
-
-    Sizes, seed, sampling settings: as :class:`~mochi_core.options.JobOptions` and :func:`sample` take them
-    (``start_latent`` (1, 12, T, H/8, W/8) in DiT space with ``denoise`` < 1: video-to-video); ``steps`` and
-    ``cfg`` default to 64 and 6.0 unless ``preset`` sets them ("fast"); ``teacache_threshold``,
-    ``max_skip_steps``, ``stg_scale``, ``stg_blocks``, ``stg_rescale`` as in :func:`sample`; the summary counts the DiT passes run and skipped. ``device``: "cpu",
-    "cuda", "cuda:N" or "mps". ``compute_dtype`` / ``vae_compute_dtype`` (earlier names ``dtype`` /
-    ``vae_dtype``): DiT / VAE compute dtypes (default fp32 on CPU, bf16 on CUDA); T5 computes in fp32.
-    ``*_storage_dtype``: weight storage conversions (None keeps the files'). ``memory_budget`` (bytes) or
-    ``tile``, not both: the VAE decode's tiling. ``callback(step, total, x0)``, ``should_stop()`` (also between
-    decode tiles), ``decode_progress(done, total)``. ``loras``: ``[(path or load_lora result, strength), ...]``,
-    active on the DiT while it samples (see :func:`mochi_core.apply_loras`). ``parallel``: a
-    :class:`mochi_core.parallel.ParallelRun` when several processes compute this video (rank 0 gets ``frames``).
+    weight is read (:class:`InvalidInputError` names the argument). Arguments: docs/python-api.md; models given as
+    paths or objects, ``budget=`` and ``plan=``: the module docstring. ``start_latent`` (1, 12, T, H/8, W/8) in DiT
+    space with ``denoise`` < 1: video-to-video; ``loras``: ``[(path or LoRA, strength), ...]`` active while the
+    DiT samples; ``parallel``: a :class:`mochi_core.parallel.ParallelRun` (frames on rank 0).
     """
     t_start = time.perf_counter()
     job = JobOptions.resolve(
@@ -554,8 +548,7 @@ def generate(
     conds = ((feat[:1], mask[:1]), (feat[1:2], mask[1:2]) if sampling.needs_uncond else None)
     del feat, mask
     timings["text_encoding_s"] = time.perf_counter() - t0
-    # -- phase 2: DiT sampling --
-    stats = SamplingStats()
+    stats = SamplingStats()  # -- phase 2: DiT sampling --
     latent, formats["dit"] = _sampling_phase(
         dit, setup, conds, start_latent=start_latent, callbacks={"callback": callback, "should_stop": should_stop},
         timings=timings, stats=stats,
@@ -566,11 +559,6 @@ def generate(
     timings["decode_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     cfgs = sampling.cfg if cfg_schedule is None else list(sampling.cfgs)
-    lora_files = [
-        {"file": os.path.basename(str(getattr(x, "path", x))), "strength": strength} for x, strength in lora.loras
-    ]
-    summary = _summary(
-        setup, latent, {"cfg": cfgs, "formats": formats, "timings": timings, "loras": lora_files, **_speed(setup, stats)}
-    )
+    summary = _summary(setup, latent, {"cfg": cfgs, "formats": formats, "timings": timings, **_speed(setup, stats)})
     logger.info("generated %d frames %dx%d in %.1f s", job.frames, job.width, job.height, timings["total_s"])
     return GenerationResult(frames=video, latent=latent.cpu(), summary=summary)
