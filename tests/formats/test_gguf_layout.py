@@ -55,7 +55,7 @@ def test_q4_0_blocks_built_by_hand() -> None:
         raw += struct.pack("<e", d) + packed
     w = ops.dequantize_q4_0(torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(2, 18), (2, 32))
     expected = torch.tensor([[d * (v - 8) for v in nib] for d, nib in zip(scales, nibbles)], dtype=torch.float64)
-    assert torch.equal(w.double(), expected)
+    assert torch.equal(w.double(), expected)  # exact: fp16 scales times small integers are representable in fp32
     assert w[0, 0].item() == -1.0 and w[0, 16].item() == 0.875 and w[1, 31].item() == -21.0
 
 
@@ -81,7 +81,7 @@ def test_hand_built_q8_0_layer_loads_through_load_dit(tmp_path: Path, golden_dir
     assert w2.weight_format == "q8_0" and w2.weight_shape == (96, 256)
     got = w2.compute_weight(torch.float32, torch.device("cpu"))
     expected = torch.tensor(_q8_expected(blocks), dtype=torch.float64).reshape(96, 256)
-    assert torch.equal(got.double(), expected)
+    assert torch.equal(got.double(), expected)  # exact: one fp32 product of an fp16 scale and an int8 per value
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -91,4 +91,5 @@ def test_q8_0_scale_is_applied_in_fp32(dtype: torch.dtype) -> None:
     blocks = [(float(torch.rand((), generator=g).half()) + 0.001, list(range(-16, 16))) for _ in range(64)]
     raw = torch.frombuffer(bytearray(_q8_bytes(blocks)), dtype=torch.uint8).reshape(8, 8 * 34)
     once = ops.dequantize_q8_0(raw, (8, 256)).to(dtype)
+    # exact by construction: both sides form d·q in fp32 and round once to ``dtype`` (same ops, same order)
     assert torch.equal(ops.dequantize_q8_0(raw, (8, 256), dtype), once)
